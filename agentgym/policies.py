@@ -1,0 +1,186 @@
+"""The policy protocol, turn prompts, action parsing, and the scripted policies.
+
+A policy maps a batch of :class:`TurnContext` (one per active env) to one :class:`PolicyOutput`
+each. Model-backed policies (Hugging Face, OpenAI-compatible HTTP, vLLM) live in
+:mod:`agentgym.trainers` / :mod:`agentgym.serving` and follow the same protocol.
+
+Turn prompts follow the step-wise design of GiGPO/verl-agent: a system prompt, the task, the
+last ``H`` (observation, action) pairs, the current observation and the admissible actions; the
+model reasons and answers with ``<action>...</action>``. A reply without a parsable action is an
+invalid action: the rollout still sends it to the env (which answers that it is not valid) and
+marks the turn ``format_ok = False`` so a trainer can penalise it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from agentgym.core import Observation
+
+__all__ = [
+    "TurnContext",
+    "PolicyOutput",
+    "Policy",
+    "RandomPolicy",
+    "ExpertPolicy",
+    "build_messages",
+    "parse_action",
+    "SYSTEM_PROMPT",
+    "make_policy",
+]
+
+SYSTEM_PROMPT = (
+    "You are an agent acting in a text environment. Each turn you see the task, your recent "
+    "history and the current observation. Think briefly, then give exactly one action as "
+    "<action>your action</action>."
+)
+
+_ACTION_RE = re.compile(r"<action>(.*?)</action>", re.DOTALL | re.IGNORECASE)
+
+
+@dataclasses.dataclass
+class TurnContext:
+    """Everything a policy may look at to choose one action."""
+
+    env_id: str
+    observation: Observation
+    history: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    turn: int = 0
+    expert_action: str | None = None  # filled by the rollout only for policies that ask for it
+
+    @property
+    def task(self) -> str:
+        return self.observation.task
+
+
+@dataclasses.dataclass
+class PolicyOutput:
+    """A policy's answer for one env.
+
+    ``action`` is sent to the env; ``response`` is the raw reply (reasoning + tagged action);
+    ``format_ok`` is False when no action could be parsed; ``extras`` carries backend data
+    (prompt/response token ids, log-probs) that trainers use.
+    """
+
+    action: str
+    response: str = ""
+    format_ok: bool = True
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@runtime_checkable
+class Policy(Protocol):
+    name: str
+    needs_expert: bool
+
+    def act(self, contexts: Sequence[TurnContext]) -> list[PolicyOutput]: ...
+
+
+def build_messages(
+    ctx: TurnContext, *, history_len: int = 2, system_prompt: str = SYSTEM_PROMPT
+) -> list[dict[str, str]]:
+    """The chat messages of one turn (system + one user message), step-wise and bounded."""
+    obs = ctx.observation
+    parts = []
+    if obs.task:
+        parts.append(f"Task: {obs.task}")
+    recent = ctx.history[-history_len:] if history_len > 0 else []
+    if recent:
+        lines = [f"[{k}] observation: {o}\naction: {a}" for k, (o, a) in enumerate(recent, 1)]
+        parts.append("Recent history:\n" + "\n".join(lines))
+    parts.append(f"Current observation:\n{obs.text}")
+    if obs.admissible_actions:
+        parts.append("Admissible actions: " + ", ".join(obs.admissible_actions))
+    parts.append("Answer with <action>...</action>.")
+    return [
+        {"role": "system", "content": system_prompt},
+        {"role": "user", "content": "\n\n".join(parts)},
+    ]
+
+
+def parse_action(reply: str) -> tuple[str, bool]:
+    """Extract the action from a model reply: ``(action, ok)``.
+
+    The last ``<action>...</action>`` wins (models sometimes quote the format in their reasoning).
+    Without one, the whole stripped reply is returned with ``ok = False``; the env then answers
+    that the action is not valid.
+    """
+    found = _ACTION_RE.findall(reply)
+    if found:
+        action = " ".join(found[-1].split())
+        return action, bool(action)
+    return " ".join(reply.split())[:200], False
+
+
+class RandomPolicy:
+    """Uniform over the admissible actions (``"look"`` where the env lists none)."""
+
+    needs_expert = False
+
+    def __init__(self, seed: int = 0) -> None:
+        self.name = "random"
+        self.rng = random.Random(seed)
+
+    def act(self, contexts: Sequence[TurnContext]) -> list[PolicyOutput]:
+        out = []
+        for ctx in contexts:
+            acts = ctx.observation.admissible_actions
+            a = self.rng.choice(acts) if acts else "look"
+            out.append(PolicyOutput(action=a, response=f"<action>{a}</action>"))
+        return out
+
+
+class ExpertPolicy:
+    """Plays the env's own expert (walkthrough, planner) via ``env.expert_action()``."""
+
+    needs_expert = True
+
+    def __init__(self, fallback_seed: int = 0) -> None:
+        self.name = "expert"
+        self._fallback = RandomPolicy(fallback_seed)
+
+    def act(self, contexts: Sequence[TurnContext]) -> list[PolicyOutput]:
+        out = []
+        for ctx in contexts:
+            if ctx.expert_action is None:
+                # No expert move known in this state: act randomly rather than stall.
+                o = self._fallback.act([ctx])[0]
+                o.extras["expert_missing"] = True
+                out.append(o)
+            else:
+                a = ctx.expert_action
+                out.append(PolicyOutput(action=a, response=f"<action>{a}</action>"))
+        return out
+
+
+def make_policy(name: str, *, seed: int = 0, **kwargs: Any) -> Policy:
+    """Build a policy from a CLI string.
+
+    ``random`` | ``expert`` | ``hf:/path/to/model`` | ``openai:URL#model`` | ``vllm:/path``.
+    """
+    if name == "random":
+        return RandomPolicy(seed)
+    if name == "expert":
+        return ExpertPolicy(seed)
+    kind, _, target = name.partition(":")
+    if kind == "hf" and target:
+        from agentgym.trainers.hf_policy import HFPolicy
+
+        return HFPolicy.from_pretrained(target, seed=seed, **kwargs)
+    if kind == "openai" and target:
+        from agentgym.http_policy import OpenAIPolicy
+
+        url, _, model = target.partition("#")
+        return OpenAIPolicy(url, model=model or "default", seed=seed, **kwargs)
+    if kind == "vllm" and target:
+        from agentgym.trainers.vllm_policy import VLLMPolicy
+
+        return VLLMPolicy(target, seed=seed, **kwargs)
+    raise ValueError(
+        f"unknown policy {name!r}: use random, expert, hf:/path/to/model, "
+        "openai:http://host:port/v1#model or vllm:/path/to/model"
+    )

@@ -1,0 +1,431 @@
+"""EnvPool: many copies of one environment, stepped in parallel.
+
+Design:
+
+* Envs live in **workers**; each worker hosts several envs and receives one batched command per
+  step (``[(local_index, action), ...]``), so a pool of 64 envs on 2 cores needs 2 processes and
+  one pipe round trip per worker per step, not 64.
+* Backends implement :class:`WorkerHandle` (``send`` a batch, ``poll`` for the answer, ``alive``,
+  ``kill``). ``"process"`` runs workers as spawned processes; ``"sync"`` runs them in-process
+  (debugging, and the sequential baseline of ``agentgym bench envs``); ``"ray"`` runs them as Ray
+  actors (:mod:`agentgym.ray_pool`). The pool logic above the handles is shared.
+* **Crash replacement**: a worker that dies (or an env that raises) is replaced; the episodes it
+  was running come back as a :class:`~agentgym.core.StepResult` with ``truncated=True`` and
+  ``info["crashed"] = True``, and the run goes on. Those envs must be reset before their next step.
+* **Group resets**: ``reset_many({i: seed})`` resets chosen envs; envs reset with one seed play
+  the same task from the same state, as GRPO/GiGPO groups need.
+* **Shutdown**: ``close()`` (idempotent, also on ``with`` exit and at interpreter exit) stops every
+  worker; workers also exit by themselves when the parent dies (pipe EOF and ``PR_SET_PDEATHSIG``),
+  so a killed run leaves no orphan processes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+import traceback
+import weakref
+from collections.abc import Iterable, Mapping
+from multiprocessing.connection import Connection, wait
+from typing import Any, Protocol
+
+from agentgym.core import Observation, StepResult
+from agentgym.registration import EnvSpec, make, spec
+
+__all__ = ["EnvPool", "WorkerHandle", "crash_result"]
+
+# A command batch: (command, [(local_env_index, argument), ...]).
+Batch = tuple[str, list[tuple[int, Any]]]
+# The answer: one (ok, value-or-traceback) per item, in order.
+Answer = list[tuple[bool, Any]]
+
+
+def crash_result(error: str) -> StepResult:
+    """The result reported for an episode whose env or worker crashed."""
+    return StepResult(
+        observation=Observation(text=f"[environment error] {error.strip().splitlines()[-1]}"),
+        reward=0.0,
+        terminated=False,
+        truncated=True,
+        info={"won": False, "score": 0.0, "valid": False, "crashed": True, "error": error},
+    )
+
+
+class _EnvHost:
+    """Hosts envs and executes command batches; runs inside a worker (process, actor or thread)."""
+
+    def __init__(self, env_spec: EnvSpec, n: int, env_kwargs: Mapping[str, Any]) -> None:
+        self.spec = env_spec
+        self.kwargs = dict(env_kwargs)
+        self.envs = [make(env_spec, **self.kwargs) for _ in range(n)]
+
+    def run(self, batch: Batch) -> Answer:
+        cmd, items = batch
+        out: Answer = []
+        for i, arg in items:
+            try:
+                out.append((True, self._one(cmd, i, arg)))
+            except Exception:
+                out.append((False, traceback.format_exc()))
+                # The env may be in any state now: rebuild it so the slot stays usable.
+                with contextlib.suppress(Exception):
+                    self.envs[i].close()
+                self.envs[i] = make(self.spec, **self.kwargs)
+        return out
+
+    def _one(self, cmd: str, i: int, arg: Any) -> Any:
+        env = self.envs[i]
+        if cmd == "reset":
+            seed, options = arg
+            return env.reset(seed=seed, options=options)
+        if cmd == "step":
+            return StepResult(*env.step(arg))
+        if cmd == "call":
+            name, args, kwargs = arg
+            return getattr(env, name)(*args, **kwargs)
+        if cmd == "crash":  # test hook: kill this worker process abruptly
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise ValueError(f"unknown pool command {cmd!r}")
+
+    def close(self) -> None:
+        for env in self.envs:
+            with contextlib.suppress(Exception):
+                env.close()
+
+
+def _set_pdeathsig() -> None:
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _worker_main(conn: Connection, env_spec: EnvSpec, n: int, env_kwargs: dict[str, Any]) -> None:
+    _set_pdeathsig()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    try:
+        host = _EnvHost(env_spec, n, env_kwargs)
+    except Exception:
+        conn.send(("init_error", traceback.format_exc()))
+        return
+    conn.send(("ready", os.getpid()))
+    try:
+        while True:
+            try:
+                batch = conn.recv()
+            except (EOFError, OSError):
+                break  # the parent is gone
+            if batch is None:
+                break
+            conn.send(host.run(batch))
+    finally:
+        host.close()
+
+
+class WorkerHandle(Protocol):
+    """One worker hosting ``n`` envs. Backends implement this."""
+
+    def send(self, batch: Batch) -> None: ...
+    def ready(self) -> bool: ...
+    def result(self) -> Answer: ...
+    def alive(self) -> bool: ...
+    def wait_objects(self) -> list[Any]: ...
+    def kill(self) -> None: ...
+
+
+class _ProcessWorker:
+    def __init__(self, ctx: Any, env_spec: EnvSpec, n: int, env_kwargs: dict[str, Any]) -> None:
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=_worker_main, args=(child, env_spec, n, env_kwargs), daemon=True
+        )
+        self.proc.start()
+        child.close()
+        try:
+            status, payload = self.conn.recv()
+        except EOFError:
+            self.proc.join(1)
+            raise RuntimeError(
+                f"env worker for {env_spec.id} died during start (exit {self.proc.exitcode})"
+            ) from None
+        if status != "ready":
+            self.kill()
+            raise RuntimeError(f"could not build {env_spec.id} in a worker:\n{payload}")
+        self.pid = payload
+
+    def send(self, batch: Batch) -> None:
+        self.conn.send(batch)
+
+    def ready(self) -> bool:
+        return self.conn.poll()
+
+    def result(self) -> Answer:
+        return self.conn.recv()
+
+    def alive(self) -> bool:
+        return self.proc.is_alive()
+
+    def wait_objects(self) -> list[Any]:
+        return [self.conn, self.proc.sentinel]
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.send(None)
+        self.proc.join(timeout=2)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=5)
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+class _SyncWorker:
+    """Runs the host in the calling process: same semantics, no parallelism."""
+
+    def __init__(self, env_spec: EnvSpec, n: int, env_kwargs: dict[str, Any]) -> None:
+        self.host = _EnvHost(env_spec, n, env_kwargs)
+        self._answer: Answer | None = None
+        self.pid = os.getpid()
+
+    def send(self, batch: Batch) -> None:
+        self._answer = self.host.run(batch)
+
+    def ready(self) -> bool:
+        return self._answer is not None
+
+    def result(self) -> Answer:
+        a, self._answer = self._answer, None
+        assert a is not None
+        return a
+
+    def alive(self) -> bool:
+        return True
+
+    def wait_objects(self) -> list[Any]:
+        return []
+
+    def kill(self) -> None:
+        self.host.close()
+
+
+_live_pools: weakref.WeakSet[EnvPool] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_pools() -> None:  # pragma: no cover - interpreter shutdown
+    for pool in list(_live_pools):
+        with contextlib.suppress(Exception):
+            pool.close()
+
+
+class EnvPool:
+    """``num_envs`` copies of one environment in parallel workers.
+
+    Args:
+        env: an env id (``"textworld/Simple-v0"``) or an :class:`EnvSpec`.
+        num_envs: number of env copies.
+        num_workers: worker count (default: ``min(num_envs, os.cpu_count())``).
+        backend: ``"process"`` (default), ``"sync"`` (in-process) or ``"ray"``.
+        env_kwargs: overrides for the spec's kwargs (as in :func:`agentgym.make`).
+        step_timeout: seconds a worker may take for one batch before it is killed and replaced
+            (its episodes are marked crashed). ``None``: wait forever.
+        start_method: multiprocessing start method (``"spawn"`` is safe with threads and torch).
+    """
+
+    def __init__(
+        self,
+        env: str | EnvSpec,
+        num_envs: int,
+        *,
+        num_workers: int | None = None,
+        backend: str = "process",
+        env_kwargs: Mapping[str, Any] | None = None,
+        step_timeout: float | None = None,
+        start_method: str = "spawn",
+        ray_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.spec = env if isinstance(env, EnvSpec) else spec(env)
+        self.num_envs = num_envs
+        self.backend = backend
+        self.env_kwargs = dict(env_kwargs or {})
+        self.step_timeout = step_timeout
+        n_workers = min(num_envs, num_workers or os.cpu_count() or 1)
+        # Contiguous slices: worker w hosts envs [starts[w], starts[w+1]).
+        base, extra = divmod(num_envs, n_workers)
+        sizes = [base + (1 if w < extra else 0) for w in range(n_workers)]
+        self._sizes = sizes
+        self._where: list[tuple[int, int]] = [
+            (w, j) for w, size in enumerate(sizes) for j in range(size)
+        ]
+        self._ctx = mp.get_context(start_method) if backend == "process" else None
+        self._ray_options = dict(ray_options or {})
+        self._closed = False
+        self.crashes = 0
+        self._workers: list[Any] = []
+        try:
+            for size in sizes:
+                self._workers.append(self._start_worker(size))
+        except BaseException:
+            self.close()
+            raise
+        _live_pools.add(self)
+
+    # -- backends ---------------------------------------------------------------------------
+    def _start_worker(self, n: int) -> Any:
+        if self.backend == "process":
+            return _ProcessWorker(self._ctx, self.spec, n, self.env_kwargs)
+        if self.backend == "sync":
+            return _SyncWorker(self.spec, n, self.env_kwargs)
+        if self.backend == "ray":
+            from agentgym.ray_pool import RayWorker
+
+            return RayWorker(self.spec, n, self.env_kwargs, **self._ray_options)
+        raise ValueError(f"unknown EnvPool backend {self.backend!r}: use process, sync or ray")
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [getattr(w, "pid", -1) for w in self._workers]
+
+    # -- the batched command engine ---------------------------------------------------------
+    def _run(self, cmd: str, items: Mapping[int, Any]) -> dict[int, tuple[bool, Any]]:
+        if self._closed:
+            raise RuntimeError("EnvPool is closed")
+        per_worker: dict[int, list[tuple[int, Any]]] = {}
+        order: dict[int, list[int]] = {}
+        for i, arg in items.items():
+            if not 0 <= i < self.num_envs:
+                raise IndexError(f"env index {i} out of range for a pool of {self.num_envs}")
+            w, j = self._where[i]
+            per_worker.setdefault(w, []).append((j, arg))
+            order.setdefault(w, []).append(i)
+        out: dict[int, tuple[bool, Any]] = {}
+        pending = {}
+        for w, batch in per_worker.items():
+            try:
+                self._workers[w].send((cmd, batch))
+                pending[w] = True
+            except (BrokenPipeError, OSError, EOFError):
+                self._replace(w, out, order[w], "env worker died before the command was sent")
+        deadline = None if self.step_timeout is None else time.monotonic() + self.step_timeout
+        while pending:
+            ready_now = [w for w in pending if self._workers[w].ready()]
+            if not ready_now:
+                objs = [o for w in pending for o in self._workers[w].wait_objects()]
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if objs:
+                    wait(objs, timeout=timeout)
+                if deadline is not None and time.monotonic() >= deadline:
+                    for w in list(pending):
+                        if not self._workers[w].ready():
+                            self._replace(w, out, order[w], f"env worker timed out after "
+                                          f"{self.step_timeout}s on {cmd!r}")
+                            del pending[w]
+                    continue
+            for w in list(pending):
+                handle = self._workers[w]
+                if handle.ready():
+                    try:
+                        answer = handle.result()
+                    except (EOFError, OSError):
+                        self._replace(w, out, order[w], "env worker died")
+                    else:
+                        for i, res in zip(order[w], answer):
+                            out[i] = res
+                    del pending[w]
+                elif not handle.alive():
+                    self._replace(w, out, order[w], "env worker process died")
+                    del pending[w]
+        return out
+
+    def _replace(self, w: int, out: dict[int, tuple[bool, Any]], envs: list[int], why: str) -> None:
+        self.crashes += 1
+        with contextlib.suppress(Exception):
+            self._workers[w].kill()
+        for i in envs:
+            out[i] = (False, why)
+        self._workers[w] = self._start_worker(self._sizes[w])
+
+    # -- public API -------------------------------------------------------------------------
+    def reset_many(
+        self, requests: Mapping[int, int | None | tuple[int | None, dict[str, Any] | None]]
+    ) -> dict[int, tuple[Observation, dict[str, Any]]]:
+        """Reset the envs named in ``requests`` (``{index: seed}`` or ``{index: (seed, options)}``).
+
+        An env whose reset fails is rebuilt and reset once more; if that fails too, its result is
+        a crash observation with ``info["crashed"] = True``.
+        """
+        args = {i: (r if isinstance(r, tuple) else (r, None)) for i, r in requests.items()}
+        results = self._run("reset", args)
+        failed = {i: args[i] for i, (ok, _) in results.items() if not ok}
+        if failed:
+            results.update(self._run("reset", failed))
+        out = {}
+        for i, (ok, value) in results.items():
+            if ok:
+                out[i] = value
+            else:
+                crash = crash_result(value)
+                out[i] = (crash.observation, {**crash.info, "task_id": ""})
+        return out
+
+    def step_many(self, actions: Mapping[int, str]) -> dict[int, StepResult]:
+        """Step the envs named in ``actions``; crashed envs return :func:`crash_result`."""
+        results = self._run("step", actions)
+        return {i: (v if ok else crash_result(v)) for i, (ok, v) in results.items()}
+
+    def call_many(self, name: str, indices: Iterable[int], *args: Any, **kwargs: Any) -> dict[int, Any]:
+        """Call ``env.name(*args, **kwargs)`` on the given envs; a failure returns ``None``."""
+        results = self._run("call", {i: (name, args, kwargs) for i in indices})
+        return {i: (v if ok else None) for i, (ok, v) in results.items()}
+
+    def reset(self, seeds: list[int | None] | None = None) -> list[tuple[Observation, dict[str, Any]]]:
+        """Reset every env (``seeds[i]`` for env ``i``); results in env order."""
+        seeds = seeds if seeds is not None else [None] * self.num_envs
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"got {len(seeds)} seeds for {self.num_envs} envs")
+        res = self.reset_many(dict(enumerate(seeds)))
+        return [res[i] for i in range(self.num_envs)]
+
+    def step(self, actions: list[str]) -> list[StepResult]:
+        """Step every env with ``actions[i]``; results in env order."""
+        if len(actions) != self.num_envs:
+            raise ValueError(f"got {len(actions)} actions for {self.num_envs} envs")
+        res = self.step_many(dict(enumerate(actions)))
+        return [res[i] for i in range(self.num_envs)]
+
+    def crash_worker_of(self, index: int) -> None:
+        """Kill the worker process hosting env ``index`` (for tests of crash handling)."""
+        w, j = self._where[index]
+        handle = self._workers[w]
+        if isinstance(handle, _ProcessWorker):
+            os.kill(handle.pid, signal.SIGKILL)
+            handle.proc.join(5)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for handle in self._workers:
+            with contextlib.suppress(Exception):
+                handle.kill()
+        self._workers = []
+
+    def __enter__(self) -> EnvPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.num_envs
+
+    def __del__(self) -> None:  # pragma: no cover
+        with contextlib.suppress(Exception):
+            self.close()

@@ -1,0 +1,212 @@
+"""Environment specs, the registry, ``make`` and plugin loading.
+
+``register(id="family/Name-v0", entry_point="module:Class", max_turns=..., kwargs=...)`` stores
+an :class:`EnvSpec`. The entry point is a string resolved only in :func:`make`, so listing the
+environments never imports Docker, a browser or a game engine.
+
+Built-in families register themselves when ``agentgym.environments`` is imported (each family
+package calls :func:`register`). Third-party packages expose a callable in the Python entry-point
+group ``agentgym.environments``; :func:`load_plugins` (called by the CLI) runs them::
+
+    # pyproject.toml of a plugin
+    [project.entry-points."agentgym.environments"]
+    myenvs = "myenvs:register_envs"   # a function that calls agentgym.register(...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+from agentgym.core import Env, EnvWrapper
+
+__all__ = [
+    "EnvSpec",
+    "register",
+    "make",
+    "spec",
+    "registry",
+    "load_plugins",
+    "ENTRY_POINT_GROUP",
+    "UnknownEnvError",
+]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "agentgym.environments"
+_ID_RE = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.:+-]+-v\d+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSpec:
+    """How to build an environment.
+
+    Attributes:
+        id: ``family/Name-vN``; the family groups related envs, ``vN`` changes when behaviour does.
+        entry_point: ``"package.module:Class"`` (or a callable) returning an :class:`Env`.
+        max_turns: the turn limit; reaching it truncates the episode. ``None``: no limit.
+        kwargs: keyword arguments passed to the entry point; :func:`make` overrides merge on top.
+        description: one line shown by ``agentgym envs``.
+        extras: the pip extra the family needs (``pip install 'agentgym[extras]'``).
+    """
+
+    id: str
+    entry_point: str | Callable[..., Env]
+    max_turns: int | None = None
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    description: str = ""
+    extras: str | None = None
+
+    @property
+    def family(self) -> str:
+        return self.id.split("/", 1)[0]
+
+    def make(self, **overrides: Any) -> Env:
+        return make(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        ep = self.entry_point if isinstance(self.entry_point, str) else repr(self.entry_point)
+        return {
+            "id": self.id,
+            "family": self.family,
+            "entry_point": ep,
+            "max_turns": self.max_turns,
+            "kwargs": self.kwargs,
+            "description": self.description,
+            "extras": self.extras,
+        }
+
+
+class UnknownEnvError(KeyError):
+    """``make`` was given an id nobody registered."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it readable
+        return str(self.args[0])
+
+
+registry: dict[str, EnvSpec] = {}
+_builtins_loaded = False
+_plugins_loaded = False
+
+
+def register(
+    id: str,
+    entry_point: str | Callable[..., Env],
+    *,
+    max_turns: int | None = None,
+    kwargs: dict[str, Any] | None = None,
+    description: str = "",
+    extras: str | None = None,
+    override: bool = False,
+) -> EnvSpec:
+    """Register an environment under ``id`` (``family/Name-vN``) and return its spec."""
+    if not _ID_RE.match(id):
+        raise ValueError(
+            f"invalid env id {id!r}: use 'family/Name-vN', e.g. 'textworld/Simple-v0'"
+        )
+    if isinstance(entry_point, str) and ":" not in entry_point:
+        raise ValueError(
+            f"invalid entry_point {entry_point!r} for {id}: use 'package.module:ClassName'"
+        )
+    if max_turns is not None and max_turns < 1:
+        raise ValueError(f"max_turns must be >= 1 or None, got {max_turns} for {id}")
+    if id in registry and not override:
+        raise ValueError(f"{id} is already registered; pass override=True to replace it")
+    s = EnvSpec(
+        id=id,
+        entry_point=entry_point,
+        max_turns=max_turns,
+        kwargs=dict(kwargs or {}),
+        description=description,
+        extras=extras,
+    )
+    registry[id] = s
+    return s
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        importlib.import_module("agentgym.environments")
+
+
+def load_plugins() -> list[str]:
+    """Run every ``agentgym.environments`` entry point of installed packages; return their names.
+
+    A plugin that fails to load is logged and skipped, so one broken package does not hide the
+    others. Calling this twice is harmless.
+    """
+    global _plugins_loaded
+    _load_builtins()
+    from importlib.metadata import entry_points
+
+    names = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        names.append(ep.name)
+        if _plugins_loaded:
+            continue
+        try:
+            hook = ep.load()
+            if callable(hook):
+                hook()
+        except Exception as e:  # a broken plugin must not take the CLI down
+            log.warning("could not load agentgym plugin %r (%s): %s", ep.name, ep.value, e)
+    _plugins_loaded = True
+    return names
+
+
+def all_specs() -> list[EnvSpec]:
+    """Every registered spec, sorted by id (built-ins included)."""
+    _load_builtins()
+    return [registry[k] for k in sorted(registry)]
+
+
+def spec(id: str) -> EnvSpec:
+    """The spec registered under ``id``; raises :class:`UnknownEnvError` saying how to fix it."""
+    _load_builtins()
+    if id in registry:
+        return registry[id]
+    close = difflib.get_close_matches(id, list(registry), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise UnknownEnvError(
+        f"no environment registered as {id!r}.{hint} List them with `agentgym envs`; "
+        "an env from a third-party package needs `agentgym.load_plugins()` first "
+        f"(the package declares it in the {ENTRY_POINT_GROUP!r} entry-point group)."
+    )
+
+
+def _resolve(entry_point: str | Callable[..., Env], env_id: str, extras: str | None) -> Any:
+    if callable(entry_point):
+        return entry_point
+    module_name, _, attr = entry_point.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        fix = f" Install it with: pip install 'agentgym[{extras}]'." if extras else ""
+        raise ImportError(f"{env_id} needs {e.name or module_name!r}: {e}.{fix}") from e
+    try:
+        return getattr(module, attr)
+    except AttributeError as e:
+        raise ImportError(f"{env_id}: module {module_name!r} has no {attr!r}") from e
+
+
+def make(id: str | EnvSpec, **overrides: Any) -> Env:
+    """Build the env registered as ``id``; ``overrides`` replace entries of the spec's kwargs.
+
+    ``max_turns=N`` overrides the spec's turn limit. The returned env enforces the step API
+    (turn limit -> ``truncated``; ``step`` after the end raises :class:`ResetNeeded`).
+    """
+    s = id if isinstance(id, EnvSpec) else spec(id)
+    max_turns = overrides.pop("max_turns", s.max_turns)
+    factory = _resolve(s.entry_point, s.id, s.extras)
+    env = factory(**{**s.kwargs, **overrides})
+    if not isinstance(env, Env):
+        raise TypeError(f"entry point of {s.id} returned {type(env).__name__}, not an agentgym.Env")
+    env.spec = dataclasses.replace(s, max_turns=max_turns, kwargs={**s.kwargs, **overrides})
+    return EnvWrapper(env, max_turns=max_turns)

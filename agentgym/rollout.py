@@ -1,0 +1,190 @@
+"""Multi-turn rollout: a policy plays episodes in an :class:`~agentgym.pool.EnvPool`.
+
+Episodes are jobs ``(group, member)``. Group ``g`` uses seed ``seed + g`` (or the task given in
+``tasks[g]``), so the ``group_size`` members of a group play the same task from the same state,
+as GRPO and GiGPO need. Members need not run at the same time: a free env slot takes the next job,
+and all active slots are stepped together, one batched policy call per turn.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentgym.policies import Policy, TurnContext
+from agentgym.pool import EnvPool
+from agentgym.trajectory import Trajectory, TrajectoryWriter, Turn
+
+__all__ = ["rollout", "RolloutStats", "summarize"]
+
+
+@dataclass
+class _Slot:
+    traj: Trajectory
+    ctx: TurnContext
+    last_text: str = ""
+
+
+@dataclass
+class RolloutStats:
+    episodes: int = 0
+    won: int = 0
+    turns: int = 0
+    invalid: int = 0
+    crashed: int = 0
+    seconds: float = 0.0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float:
+        return self.won / self.episodes if self.episodes else 0.0
+
+    @property
+    def mean_turns(self) -> float:
+        return self.turns / self.episodes if self.episodes else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "episodes": self.episodes,
+            "success_rate": self.success_rate,
+            "mean_turns": self.mean_turns,
+            "invalid_action_rate": self.invalid / self.turns if self.turns else 0.0,
+            "crashed": self.crashed,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def summarize(trajs: Sequence[Trajectory]) -> RolloutStats:
+    s = RolloutStats()
+    for t in trajs:
+        s.episodes += 1
+        s.won += int(t.won)
+        s.turns += len(t.turns)
+        s.invalid += sum(not x.valid for x in t.turns)
+        s.crashed += int(t.crashed)
+    return s
+
+
+def rollout(
+    pool: EnvPool,
+    policy: Policy,
+    *,
+    num_groups: int,
+    group_size: int = 1,
+    seed: int = 0,
+    tasks: Sequence[Any] | None = None,
+    history_len: int = 2,
+    writer: TrajectoryWriter | None = None,
+    on_episode: Callable[[Trajectory], None] | None = None,
+    run_id: str | None = None,
+    skip: set[str] | None = None,
+) -> list[Trajectory]:
+    """Play ``num_groups * group_size`` episodes; return their trajectories (finish order).
+
+    Args:
+        tasks: optional per-group task selectors passed as ``reset(options={"task": tasks[g]})``.
+        writer: each finished trajectory is appended as soon as it ends.
+        on_episode: called with each finished trajectory (progress bars, live metrics).
+        run_id: prefix of trajectory ids (default: random); ids are ``{run_id}-g{g}-m{m}``, so a
+            resumed run can ``skip`` the ids it already has.
+    """
+    if group_size < 1 or num_groups < 1:
+        raise ValueError("num_groups and group_size must be >= 1")
+    run_id = run_id or uuid.uuid4().hex[:8]
+    skip = skip or set()
+    jobs = [
+        (g, m)
+        for g in range(num_groups)
+        for m in range(group_size)
+        if f"{run_id}-g{g}-m{m}" not in skip
+    ]
+    jobs.reverse()  # pop() from the end takes them in order
+    slots: dict[int, _Slot] = {}
+    done: list[Trajectory] = []
+    env_id = pool.spec.id
+
+    def start(indices: list[int]) -> None:
+        reqs: dict[int, Any] = {}
+        meta: dict[int, tuple[int, int]] = {}
+        for i in indices:
+            if not jobs:
+                break
+            g, m = jobs.pop()
+            opts = {"task": tasks[g]} if tasks is not None else None
+            reqs[i] = (seed + g, opts)
+            meta[i] = (g, m)
+        if not reqs:
+            return
+        for i, (obs, info) in pool.reset_many(reqs).items():
+            g, m = meta[i]
+            traj = Trajectory(
+                id=f"{run_id}-g{g}-m{m}",
+                group=f"{run_id}-g{g}",
+                env=env_id,
+                task=str(info.get("task_id", "")),
+                seed=seed + g,
+                meta={"policy": getattr(policy, "name", type(policy).__name__),
+                      "task_text": obs.task},
+            )
+            if info.get("crashed"):
+                traj.crashed = traj.truncated = True
+                finish(traj)
+                continue
+            slots[i] = _Slot(traj=traj, ctx=TurnContext(env_id=env_id, observation=obs))
+
+    def finish(traj: Trajectory) -> None:
+        done.append(traj)
+        if writer is not None:
+            writer.write(traj)
+        if on_episode is not None:
+            on_episode(traj)
+
+    start(list(range(pool.num_envs)))
+    while slots:
+        active = sorted(slots)
+        if policy.needs_expert:
+            experts = pool.call_many("expert_action", active)
+            for i in active:
+                slots[i].ctx.expert_action = experts.get(i)
+        t0 = time.perf_counter()
+        outputs = policy.act([slots[i].ctx for i in active])
+        policy_s = time.perf_counter() - t0
+        results = pool.step_many({i: o.action for i, o in zip(active, outputs)})
+        freed = []
+        for i, out in zip(active, outputs):
+            slot, res = slots[i], results[i]
+            info = dict(res.info)
+            info["format_ok"] = out.format_ok
+            if out.response and out.response != f"<action>{out.action}</action>":
+                info["response"] = out.response
+            if out.extras:
+                info["policy"] = out.extras
+            info["policy_s"] = round(policy_s / len(active), 6)
+            slot.traj.turns.append(
+                Turn(
+                    observation=slot.ctx.observation.text,
+                    action=out.action,
+                    reward=res.reward,
+                    anchor=slot.ctx.observation.anchor,
+                    valid=bool(res.info.get("valid", True)) and out.format_ok,
+                    info=info,
+                )
+            )
+            slot.ctx.history.append((slot.ctx.observation.text, out.action))
+            slot.ctx.observation = res.observation
+            slot.ctx.turn += 1
+            if res.done:
+                t = slot.traj
+                t.won = bool(res.info.get("won", False))
+                t.truncated = res.truncated
+                t.crashed = bool(res.info.get("crashed", False))
+                t.meta["final_observation"] = res.observation.text
+                finish(t)
+                del slots[i]
+                freed.append(i)
+        if freed:
+            start(freed)
+    return done

@@ -1,0 +1,194 @@
+"""Trajectory records: one JSON line per episode, written append-safely.
+
+Schema (one line of a ``.jsonl`` file)::
+
+    {"id": str,            # unique episode id
+     "group": str,         # episodes reset to the same task/seed share a group (GRPO/GiGPO)
+     "env": str,           # env id, e.g. "textworld/Simple-v0"
+     "task": str,          # task id the env reported at reset
+     "seed": int | null,
+     "turns": [{"observation": str,   # text the agent saw before acting
+                "action": str,        # action sent to the env
+                "reward": float,      # reward of this step
+                "anchor": str,        # canonical state key of the observation ("" = none)
+                "valid": bool,        # the env accepted the action
+                "info": {...}}],      # step info (won, score, ...), plus policy extras
+     "won": bool, "return": float,    # sum of rewards
+     "truncated": bool,               # cut by the turn limit or a crashed worker
+     "crashed": bool,                 # the env worker died during this episode
+     "meta": {...}}                   # free-form (policy name, task text, timings)
+
+Writers append each line with one ``write`` on an ``O_APPEND`` descriptor and flush it, so
+concurrent writers never interleave lines and a crash loses at most the line being written;
+readers skip a torn last line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Turn", "Trajectory", "TrajectoryWriter", "read_trajectories", "write_trajectories"]
+
+
+@dataclasses.dataclass
+class Turn:
+    observation: str
+    action: str
+    reward: float = 0.0
+    anchor: str = ""
+    valid: bool = True
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Trajectory:
+    id: str
+    group: str
+    env: str
+    task: str = ""
+    seed: int | None = None
+    turns: list[Turn] = dataclasses.field(default_factory=list)
+    won: bool = False
+    truncated: bool = False
+    crashed: bool = False
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def return_(self) -> float:
+        return float(sum(t.reward for t in self.turns))
+
+    @property
+    def rewards(self) -> list[float]:
+        return [t.reward for t in self.turns]
+
+    @property
+    def anchors(self) -> list[str]:
+        return [t.anchor for t in self.turns]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "group": self.group,
+            "env": self.env,
+            "task": self.task,
+            "seed": self.seed,
+            "turns": [dataclasses.asdict(t) for t in self.turns],
+            "won": self.won,
+            "return": self.return_,
+            "truncated": self.truncated,
+            "crashed": self.crashed,
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Trajectory:
+        turns = [
+            Turn(
+                observation=t.get("observation", ""),
+                action=t.get("action", ""),
+                reward=float(t.get("reward", 0.0)),
+                anchor=t.get("anchor", ""),
+                valid=bool(t.get("valid", True)),
+                info=dict(t.get("info", {})),
+            )
+            for t in d.get("turns", [])
+        ]
+        return cls(
+            id=str(d["id"]),
+            group=str(d.get("group", d["id"])),
+            env=d.get("env", ""),
+            task=str(d.get("task", "")),
+            seed=d.get("seed"),
+            turns=turns,
+            won=bool(d.get("won", False)),
+            truncated=bool(d.get("truncated", False)),
+            crashed=bool(d.get("crashed", False)),
+            meta=dict(d.get("meta", {})),
+        )
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, default=_json_default)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, bytes):
+        return None  # images are not stored inline in trajectory lines
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+class TrajectoryWriter:
+    """Appends trajectories to a JSONL file, one atomic ``write`` per line."""
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fsync = fsync
+        self._repair_torn_tail()
+
+    def _repair_torn_tail(self) -> None:
+        # A process killed mid-write can leave a last line without "\n"; start on a fresh line so
+        # the next record is not glued to the torn one.
+        size = os.path.getsize(self.path)
+        if size:
+            with open(self.path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    os.write(self._fd, b"\n")  # type: ignore[arg-type]
+
+    def write(self, traj: Trajectory | dict[str, Any]) -> None:
+        if self._fd is None:
+            raise ValueError(f"TrajectoryWriter for {self.path} is closed")
+        d = traj.to_dict() if isinstance(traj, Trajectory) else traj
+        data = (_dumps(d) + "\n").encode()
+        n = os.write(self._fd, data)
+        if n != len(data):  # pragma: no cover - regular files write fully
+            raise OSError(f"short write to {self.path}")
+        if self._fsync:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> TrajectoryWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_trajectories(path: str | os.PathLike[str], trajs: Iterable[Trajectory]) -> None:
+    with TrajectoryWriter(path) as w:
+        for t in trajs:
+            w.write(t)
+
+
+def iter_records(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Yield the JSON objects of a JSONL file, skipping blank and torn lines."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash mid-write
+
+
+def read_trajectories(path: str | os.PathLike[str]) -> list[Trajectory]:
+    return [Trajectory.from_dict(d) for d in iter_records(path)]

@@ -1,0 +1,1 @@
+"""Isolated execution of untrusted code (Docker backend, offline images, warm pools)."""

@@ -1,0 +1,1 @@
+"""Training: credit assignment (pure functions), losses and training loops."""
