@@ -7,8 +7,11 @@ modules named ``environments`` or ``trainers`` land in a user's site-packages.
 
 from setuptools import find_packages, setup
 
-NAMESPACED = {"environments": "agentgym.environments", "trainers": "agentgym.trainers",
-              "sandboxes": "agentgym.sandboxes"}
+NAMESPACED = {
+    "environments": "agentgym.environments",
+    "trainers": "agentgym.trainers",
+    "sandboxes": "agentgym.sandboxes",
+}
 
 packages = ["agentgym"] + [f"agentgym.{p}" for p in find_packages("agentgym")]
 package_dir = {"agentgym": "agentgym"}

@@ -19,6 +19,7 @@ from typing import Any
 
 EXTENSIONS = (
     "agentgym.trainers.cli",
+    "agentgym.trainers.credit_cli",
     "agentgym.environments.textworld.cli",
     "agentgym.environments.alfworld.cli",
     "agentgym.environments.webshop.cli",
@@ -200,11 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("rollout", help="run a policy for N episodes and write trajectories")
     r.add_argument("env", help="env id")
-    r.add_argument("--policy", default="random",
-                   help="random | expert | hf:/path | openai:URL#model | vllm:/path")
+    r.add_argument(
+        "--policy",
+        default="random",
+        help="random | expert | hf:/path | openai:URL#model | vllm:/path",
+    )
     r.add_argument("--episodes", type=int, default=8)
-    r.add_argument("--group-size", type=int, default=1,
-                   help="episodes per task/seed (GRPO/GiGPO groups)")
+    r.add_argument(
+        "--group-size", type=int, default=1, help="episodes per task/seed (GRPO/GiGPO groups)"
+    )
     r.add_argument("--num-envs", type=int, default=8, help="parallel env copies")
     r.add_argument("--backend", default="process", choices=["process", "sync", "ray"])
     r.add_argument("--seed", type=int, default=0)
@@ -230,8 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def subgroup(
-    sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction],
-    name: str, help: str,
+    sub: argparse._SubParsersAction,
+    groups: dict[str, argparse._SubParsersAction],
+    name: str,
+    help: str,
 ) -> argparse._SubParsersAction:
     """The sub-subparsers of command group ``name`` (``bench``, ``model``, ...), shared across
     extensions so that several modules can add ``agentgym bench X`` commands."""

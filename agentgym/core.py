@@ -19,6 +19,7 @@ observation that says what was wrong, with ``info["valid"] = False``.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
@@ -120,7 +121,7 @@ class Env(abc.ABC):
         """The next action of an expert (walkthrough, planner), or ``None`` if it has none."""
         raise NotImplementedError(f"{type(self).__name__} has no expert")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release resources. Safe to call more than once."""
 
     @property
@@ -134,10 +135,8 @@ class Env(abc.ABC):
         self.close()
 
     def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
 
 class EnvWrapper(Env):

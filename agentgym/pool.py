@@ -135,7 +135,7 @@ class WorkerHandle(Protocol):
     def result(self) -> Answer: ...
     def alive(self) -> bool: ...
     def wait_objects(self) -> list[Any]: ...
-    def kill(self) -> None: ...
+    def kill(self, graceful: bool = True) -> None: ...
 
 
 class _ProcessWorker:
@@ -173,10 +173,11 @@ class _ProcessWorker:
     def wait_objects(self) -> list[Any]:
         return [self.conn, self.proc.sentinel]
 
-    def kill(self) -> None:
-        with contextlib.suppress(Exception):
-            self.conn.send(None)
-        self.proc.join(timeout=2)
+    def kill(self, graceful: bool = True) -> None:
+        if graceful:
+            with contextlib.suppress(Exception):
+                self.conn.send(None)
+            self.proc.join(timeout=2)
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join(timeout=5)
@@ -209,7 +210,7 @@ class _SyncWorker:
     def wait_objects(self) -> list[Any]:
         return []
 
-    def kill(self) -> None:
+    def kill(self, graceful: bool = True) -> None:
         self.host.close()
 
 
@@ -324,8 +325,12 @@ class EnvPool:
                 if deadline is not None and time.monotonic() >= deadline:
                     for w in list(pending):
                         if not self._workers[w].ready():
-                            self._replace(w, out, order[w], f"env worker timed out after "
-                                          f"{self.step_timeout}s on {cmd!r}")
+                            self._replace(
+                                w,
+                                out,
+                                order[w],
+                                f"env worker timed out after {self.step_timeout}s on {cmd!r}",
+                            )
                             del pending[w]
                     continue
             for w in list(pending):
@@ -334,7 +339,7 @@ class EnvPool:
                     try:
                         answer = handle.result()
                     except (EOFError, OSError):
-                        self._replace(w, out, order[w], "env worker died")
+                        self._replace(w, out, order[w], "env worker process died")
                     else:
                         for i, res in zip(order[w], answer):
                             out[i] = res
@@ -347,7 +352,7 @@ class EnvPool:
     def _replace(self, w: int, out: dict[int, tuple[bool, Any]], envs: list[int], why: str) -> None:
         self.crashes += 1
         with contextlib.suppress(Exception):
-            self._workers[w].kill()
+            self._workers[w].kill(graceful=False)  # it is dead or hung: no goodbye
         for i in envs:
             out[i] = (False, why)
         self._workers[w] = self._start_worker(self._sizes[w])
@@ -380,12 +385,16 @@ class EnvPool:
         results = self._run("step", actions)
         return {i: (v if ok else crash_result(v)) for i, (ok, v) in results.items()}
 
-    def call_many(self, name: str, indices: Iterable[int], *args: Any, **kwargs: Any) -> dict[int, Any]:
+    def call_many(
+        self, name: str, indices: Iterable[int], *args: Any, **kwargs: Any
+    ) -> dict[int, Any]:
         """Call ``env.name(*args, **kwargs)`` on the given envs; a failure returns ``None``."""
         results = self._run("call", {i: (name, args, kwargs) for i in indices})
         return {i: (v if ok else None) for i, (ok, v) in results.items()}
 
-    def reset(self, seeds: list[int | None] | None = None) -> list[tuple[Observation, dict[str, Any]]]:
+    def reset(
+        self, seeds: list[int | None] | None = None
+    ) -> list[tuple[Observation, dict[str, Any]]]:
         """Reset every env (``seeds[i]`` for env ``i``); results in env order."""
         seeds = seeds if seeds is not None else [None] * self.num_envs
         if len(seeds) != self.num_envs:

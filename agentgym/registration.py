@@ -106,9 +106,7 @@ def register(
 ) -> EnvSpec:
     """Register an environment under ``id`` (``family/Name-vN``) and return its spec."""
     if not _ID_RE.match(id):
-        raise ValueError(
-            f"invalid env id {id!r}: use 'family/Name-vN', e.g. 'textworld/Simple-v0'"
-        )
+        raise ValueError(f"invalid env id {id!r}: use 'family/Name-vN', e.g. 'textworld/Simple-v0'")
     if isinstance(entry_point, str) and ":" not in entry_point:
         raise ValueError(
             f"invalid entry_point {entry_point!r} for {id}: use 'package.module:ClassName'"

@@ -126,8 +126,10 @@ def rollout(
                 env=env_id,
                 task=str(info.get("task_id", "")),
                 seed=seed + g,
-                meta={"policy": getattr(policy, "name", type(policy).__name__),
-                      "task_text": obs.task},
+                meta={
+                    "policy": getattr(policy, "name", type(policy).__name__),
+                    "task_text": obs.task,
+                },
             )
             if info.get("crashed"):
                 traj.crashed = traj.truncated = True

@@ -1,0 +1,45 @@
+# Set-up and everyday commands. `make train` and `make test` are all a fresh machine needs.
+PY     ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?= -m "not slow and not gpu"
+
+.PHONY: setup system train test test-all lint format bench clean
+
+# Python environment: torch first (the CPU build unless a torch is already there, e.g. a CUDA
+# build installed by the user), then agentgym with every extra the tests exercise.
+$(STAMP): pyproject.toml setup.py
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# System services the tests use for real: a Docker engine (sandboxes) and Chromium (GUI envs,
+# the HTML report). Both scripts are idempotent.
+system:
+	bash scripts/setup_docker.sh
+	bash scripts/install_browser.sh
+
+train: setup
+	$(BIN)/agentgym train $(ARGS)
+
+test: setup system
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-all: setup system
+	$(BIN)/python -m pytest -m "not gpu"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

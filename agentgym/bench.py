@@ -1,0 +1,144 @@
+"""``agentgym bench envs``: env-pool throughput against a sequential loop measured in the same run.
+
+Machines are noisy, so the figure that matters is the ratio ``pool / sequential`` measured back
+to back on the same env, actions and seeds. Both loops play random admissible actions (seeded) and
+reset an env as soon as its episode ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from typing import Any
+
+
+def _choose(rng: random.Random, obs: Any) -> str:
+    acts = obs.admissible_actions
+    return rng.choice(acts) if acts else "look"
+
+
+def bench_sequential(
+    env_id: str, num_envs: int, steps: int, seed: int, env_kwargs: dict[str, Any]
+) -> dict[str, float]:
+    """One process, ``num_envs`` envs stepped one after another."""
+    import agentgym
+
+    envs = [agentgym.make(env_id, **env_kwargs) for _ in range(num_envs)]
+    rng = random.Random(seed)
+    try:
+        t0 = time.perf_counter()
+        obs = [e.reset(seed=seed + i)[0] for i, e in enumerate(envs)]
+        reset_s = time.perf_counter() - t0
+        n = 0
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            for i, e in enumerate(envs):
+                o, _, te, tr, _ = e.step(_choose(rng, obs[i]))
+                n += 1
+                obs[i] = e.reset(seed=seed + i)[0] if te or tr else o
+        dt = time.perf_counter() - t0
+    finally:
+        for e in envs:
+            e.close()
+    return {"steps": n, "seconds": dt, "steps_per_s": n / dt, "reset_s": reset_s}
+
+
+def bench_pool(
+    env_id: str,
+    num_envs: int,
+    steps: int,
+    seed: int,
+    env_kwargs: dict[str, Any],
+    backend: str = "process",
+    num_workers: int | None = None,
+) -> dict[str, float]:
+    """An :class:`EnvPool` stepping all envs per batch."""
+    from agentgym.pool import EnvPool
+
+    rng = random.Random(seed)
+    t0 = time.perf_counter()
+    with EnvPool(
+        env_id, num_envs, backend=backend, num_workers=num_workers, env_kwargs=env_kwargs
+    ) as pool:
+        start_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        obs = [o for o, _ in pool.reset([seed + i for i in range(num_envs)])]
+        reset_s = time.perf_counter() - t0
+        n = 0
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            res = pool.step([_choose(rng, o) for o in obs])
+            n += num_envs
+            ended = {i: seed + i for i, r in enumerate(res) if r.done}
+            obs = [r.observation for r in res]
+            if ended:
+                for i, (o, _) in pool.reset_many(ended).items():
+                    obs[i] = o
+        dt = time.perf_counter() - t0
+        workers = len(pool.worker_pids)
+    return {
+        "steps": n,
+        "seconds": dt,
+        "steps_per_s": n / dt,
+        "reset_s": reset_s,
+        "start_s": start_s,
+        "workers": workers,
+    }
+
+
+def cmd_bench_envs(args: argparse.Namespace) -> int:
+    import agentgym
+    from agentgym.cli import _parse_kv
+
+    agentgym.load_plugins()
+    kwargs = _parse_kv(args.env_kwarg)
+    # Warm up caches (generated games, indexes) outside the timed region.
+    with agentgym.make(args.env, **kwargs) as e:
+        e.reset(seed=args.seed)
+    seq = bench_sequential(args.env, args.num_envs, args.steps, args.seed, kwargs)
+    pool = bench_pool(
+        args.env, args.num_envs, args.steps, args.seed, kwargs, num_workers=args.num_workers
+    )
+    seq_step_ms = 1e3 / seq["steps_per_s"]
+    # Per batched step, the ideal pool time is the envs' compute spread over the workers; what
+    # remains is the pool's own cost (pickling, pipes, scheduling), reported per env step.
+    ideal_batch_s = seq_step_ms / 1e3 * args.num_envs / pool["workers"]
+    batch_s = pool["seconds"] / args.steps
+    out = {
+        "env": args.env,
+        "num_envs": args.num_envs,
+        "workers": pool["workers"],
+        "steps_per_env": args.steps,
+        "sequential_steps_per_s": round(seq["steps_per_s"], 1),
+        "pool_steps_per_s": round(pool["steps_per_s"], 1),
+        "speedup_vs_sequential": round(pool["steps_per_s"] / seq["steps_per_s"], 3),
+        "env_step_ms": round(seq_step_ms, 3),
+        "pool_overhead_ms_per_step": round(
+            max(0.0, batch_s - ideal_batch_s) * 1e3 / (args.num_envs / pool["workers"]), 3
+        ),
+        "pool_start_s": round(pool["start_s"], 3),
+        "reset_ms_sequential": round(seq["reset_s"] * 1e3 / args.num_envs, 3),
+    }
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:28s} {v}")
+    return 0
+
+
+def add_cli(sub: Any, groups: dict[str, Any]) -> None:
+    from agentgym.cli import subgroup
+
+    bench = subgroup(sub, groups, "bench", "benchmarks (ratios against a same-run baseline)")
+    p = bench.add_parser("envs", help="env-pool steps/s vs a sequential loop, same run")
+    p.add_argument("--env", required=True, help="env id")
+    p.add_argument("--num-envs", type=int, default=16)
+    p.add_argument("--num-workers", type=int, default=None, help="default: CPU count")
+    p.add_argument("--steps", type=int, default=50, help="batched steps per env")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--env-kwarg", action="append", default=[], metavar="K=V")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_envs)

@@ -1,0 +1,24 @@
+"""Shared test configuration: a private cache dir and the core's toy env."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+# Generated games, indexes and images go to a per-session cache unless the caller pins one
+# (CI pins it so reruns reuse what was built).
+os.environ.setdefault("AGENTGYM_CACHE", tempfile.mkdtemp(prefix="agentgym-test-cache-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def corridor_id() -> str:
+    import agentgym
+
+    env_id = "test/Corridor-v0"
+    if env_id not in agentgym.registry:
+        agentgym.register(env_id, "core_toy_env:Corridor", max_turns=12, kwargs={"num_tasks": 4})
+    return env_id

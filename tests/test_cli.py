@@ -1,0 +1,88 @@
+"""Tests of the core CLI commands (envs, play, rollout, bench envs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentgym.cli import main
+from agentgym.trajectory import read_trajectories
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_and_envs_json_through_the_installed_script() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "agentgym.cli", "envs", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    specs = json.loads(out.stdout)
+    assert isinstance(specs, list)
+    for s in specs:
+        assert {"id", "family", "entry_point", "max_turns"} <= set(s)
+
+
+def test_rollout_expert_writes_trajectories(corridor_id: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "runs.jsonl"
+    rc = main(
+        [
+            "rollout",
+            corridor_id,
+            "--policy",
+            "expert",
+            "--episodes",
+            "6",
+            "--group-size",
+            "3",
+            "--num-envs",
+            "3",
+            "--out",
+            str(out),
+            "--json",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["episodes"] == 6 and summary["success_rate"] == 1.0
+    trajs = read_trajectories(out)
+    assert len(trajs) == 6 and len({t.group for t in trajs}) == 2
+
+
+def test_play_scripted(corridor_id: str, tmp_path: Path, capsys) -> None:
+    actions = tmp_path / "actions.txt"
+    actions.write_text("# comment\nright\nfly\nright\n")
+    assert main(["play", corridor_id, "--seed", "0", "--actions", str(actions)]) == 0
+    text = capsys.readouterr().out
+    assert "(invalid action)" in text and "episode over: won" in text
+
+
+def test_unknown_env_is_a_clean_error(capsys) -> None:
+    assert main(["rollout", "nope/Nothing-v0"]) == 2
+    assert "no environment registered as 'nope/Nothing-v0'" in capsys.readouterr().err
+
+
+def test_unknown_policy_is_a_clean_error(corridor_id: str, capsys) -> None:
+    assert main(["rollout", corridor_id, "--policy", "gpt9"]) == 2
+    assert "unknown policy 'gpt9'" in capsys.readouterr().err
+
+
+def test_bench_envs_reports_ratio(corridor_id: str, capsys) -> None:
+    rc = main(["bench", "envs", "--env", corridor_id, "--num-envs", "4", "--steps", "5", "--json"])
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert d["speedup_vs_sequential"] > 0 and d["workers"] == 2
+    assert d["sequential_steps_per_s"] > 0 and d["pool_steps_per_s"] > 0
+
+
+@pytest.mark.parametrize("args", [["--help"], ["rollout", "--help"]])
+def test_help(args: list[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 0
