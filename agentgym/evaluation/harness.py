@@ -1,0 +1,686 @@
+"""The evaluation harness behind ``agentgym eval``: resumable, timed, retried, summarised.
+
+A run lives in one folder ``DIR``::
+
+    DIR/config.json      what was asked (env, policy, seed, groups ...) + the run id + sessions
+    DIR/episodes.jsonl   one trajectory record per finished episode, appended as it ends
+    DIR/screenshots/     PNG observations of GUI envs, DIR/screenshots/<episode id>/turn-<k>.png
+    DIR/summary.json     metrics with 95 % confidence intervals, per task type when known
+    DIR/summary.md       the same as Markdown tables
+
+Episodes are played by :func:`agentgym.rollout.rollout` over an :class:`agentgym.pool.EnvPool`, the
+single episode loop of the project. The harness adds three things around it without touching it:
+
+* **Resume.** Episode ids are ``{run_id}-g{g}-m{m}`` and the run id is stored in ``config.json``;
+  ``--resume`` passes the ids already in ``episodes.jsonl`` as ``skip``, so an interrupted run
+  (Ctrl-C, SIGKILL, a dead server) continues where it stopped and never plays an episode twice.
+* **Per-episode timeouts.** :class:`TimedPool` wraps the pool: when an episode has run longer than
+  ``timeout_s`` (env time + policy time), its next step is not sent to the env; the episode ends
+  ``truncated`` with ``info["timed_out"] = True`` and the run goes on. A single env step that hangs
+  is covered by the pool's own ``step_timeout`` (the worker is replaced, its episodes are marked
+  crashed).
+* **Retries.** :class:`RetryingPolicy` retries a policy call that failed with a transient error
+  (connection refused, timeouts, HTTP 429/5xx) with exponential backoff; if the policy stays down,
+  the run stops cleanly and can be resumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from agentgym.core import Observation, StepResult
+from agentgym.evaluation import stats
+from agentgym.policies import Policy, PolicyOutput, TurnContext
+from agentgym.trajectory import Trajectory, TrajectoryWriter, iter_records
+from agentgym.utils import atomic_write, atomic_write_json
+
+__all__ = [
+    "EvalConfig",
+    "EvalInterrupted",
+    "RetryingPolicy",
+    "TimedPool",
+    "run_eval",
+    "summarize",
+    "write_summary",
+    "load_episodes",
+    "task_type_of",
+    "EPISODES_FILE",
+    "CONFIG_FILE",
+]
+
+EPISODES_FILE = "episodes.jsonl"
+CONFIG_FILE = "config.json"
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+
+# Fields that must match between a run and its resumption (the rest may change freely).
+_IDENTITY_FIELDS = ("env", "split", "policy", "group_size", "seed", "env_kwargs", "policy_kwargs")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation.
+
+    Attributes:
+        env: registered env id.
+        policy: policy string (``random``, ``expert``, ``hf:/path``, ``openai:URL#model``, ``vllm:/path``).
+        episodes: episodes to play; rounded up to a multiple of ``group_size``.
+        group_size: episodes per task/seed (``G``; pass@G is reported when G > 1).
+        seed: group ``g`` resets with seed ``seed + g``; also seeds the policy.
+        parallel: env copies stepped together (and the policy's batch size).
+        split: passed to the env as ``split=`` when set (e.g. ALFWorld's ``valid_unseen``).
+        timeout_s: wall-clock limit of one episode (env + policy); ``None``: no limit.
+        env_kwargs: overrides of the spec's kwargs.
+        policy_kwargs: keyword arguments of the policy constructor (``max_tokens``, ...).
+        backend: EnvPool backend (``process``, ``sync``, ``ray``).
+        retries: extra attempts of a policy call that failed transiently.
+        backoff_s: first retry delay; doubles per attempt.
+        run_id: prefix of episode ids; chosen at random for a new run, kept on resume.
+    """
+
+    env: str
+    policy: str = "random"
+    episodes: int = 10
+    group_size: int = 1
+    seed: int = 0
+    parallel: int = 8
+    split: str | None = None
+    timeout_s: float | None = None
+    env_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    policy_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    backend: str = "process"
+    retries: int = 3
+    backoff_s: float = 2.0
+    run_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise ValueError(f"episodes must be >= 1, got {self.episodes}")
+        if self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        if self.parallel < 1:
+            raise ValueError(f"parallel must be >= 1, got {self.parallel}")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0 (or unset for no limit), got {self.timeout_s}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
+
+    @property
+    def num_groups(self) -> int:
+        return -(-self.episodes // self.group_size)
+
+    @property
+    def total_episodes(self) -> int:
+        return self.num_groups * self.group_size
+
+    def episode_ids(self) -> list[str]:
+        return [
+            f"{self.run_id}-g{g}-m{m}"
+            for g in range(self.num_groups)
+            for m in range(self.group_size)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EvalConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class EvalInterrupted(RuntimeError):
+    """The run stopped before all episodes finished (policy down, Ctrl-C); resume it later."""
+
+
+# --------------------------------------------------------------------------------------------
+# Policy retries
+# --------------------------------------------------------------------------------------------
+def is_transient(err: BaseException) -> bool:
+    """Whether a policy error is worth retrying (server down or overloaded, network trouble)."""
+    flag = getattr(err, "transient", None)
+    if flag is not None:
+        return bool(flag)
+    return isinstance(err, (ConnectionError, TimeoutError))
+
+
+class RetryingPolicy:
+    """Retries ``policy.act`` on transient errors with exponential backoff (+-25 % jitter).
+
+    ``retries`` is the number of extra attempts; the delay before attempt ``k`` (1-based) is
+    ``backoff_s * 2**(k-1)``. Non-transient errors and the last failure propagate.
+    """
+
+    def __init__(
+        self, policy: Policy, *, retries: int = 3, backoff_s: float = 2.0, log: Any = None
+    ) -> None:
+        self.policy = policy
+        self.name = getattr(policy, "name", type(policy).__name__)
+        self.needs_expert = bool(getattr(policy, "needs_expert", False))
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.retried = 0
+        self._log = log or (lambda msg: print(msg, file=sys.stderr))
+        self._rng = random.Random(0)
+
+    def act(self, contexts: Sequence[TurnContext]) -> list[PolicyOutput]:
+        attempt = 0
+        while True:
+            try:
+                return self.policy.act(contexts)
+            except Exception as e:
+                if not is_transient(e) or attempt >= self.retries:
+                    raise
+                attempt += 1
+                self.retried += 1
+                delay = self.backoff_s * 2 ** (attempt - 1) * self._rng.uniform(0.75, 1.25)
+                self._log(
+                    f"policy call failed ({type(e).__name__}: {e}); "
+                    f"retry {attempt}/{self.retries} in {delay:.1f}s"
+                )
+                time.sleep(delay)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-episode timeouts (and the bookkeeping rollout does not keep: reset info, images, timing)
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Episode:
+    start: float
+    reset_info: dict[str, Any]
+    images: list[bytes | None]
+
+
+def _timeout_result(seconds: float) -> StepResult:
+    return StepResult(
+        observation=Observation(
+            text=f"[timeout] the episode ran longer than {seconds:g}s and was stopped"
+        ),
+        reward=0.0,
+        terminated=False,
+        truncated=True,
+        info={"won": False, "score": 0.0, "valid": True, "timed_out": True, "executed": False},
+    )
+
+
+def _small_info(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON-friendly scalar entries of a reset info dict."""
+    return {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool)) or v is None}
+
+
+class TimedPool:
+    """An :class:`~agentgym.pool.EnvPool` view that ends episodes running past ``timeout_s``.
+
+    It has the pool methods :func:`~agentgym.rollout.rollout` uses (``spec``, ``num_envs``,
+    ``reset_many``, ``step_many``, ``call_many``). On the last step of an episode it adds
+    ``info["episode"] = {"seconds", "reset_info"}`` and, when the env produced images,
+    ``info["_images"]`` (the PNG of the observation before each turn; the harness saves them as
+    files and removes the key before the record is written).
+    """
+
+    def __init__(self, pool: Any, timeout_s: float | None) -> None:
+        self.pool = pool
+        self.timeout_s = timeout_s
+        self.spec = pool.spec
+        self.num_envs = pool.num_envs
+        self.timeouts = 0
+        self._eps: dict[int, _Episode] = {}
+
+    def reset_many(
+        self, requests: Mapping[int, Any]
+    ) -> dict[int, tuple[Observation, dict[str, Any]]]:
+        out = self.pool.reset_many(requests)
+        now = time.monotonic()
+        for i, (obs, info) in out.items():
+            self._eps[i] = _Episode(start=now, reset_info=_small_info(info), images=[obs.image])
+        return out
+
+    def step_many(self, actions: Mapping[int, str]) -> dict[int, StepResult]:
+        now = time.monotonic()
+        late = set()
+        if self.timeout_s is not None:
+            late = {
+                i for i in actions if i in self._eps and now - self._eps[i].start > self.timeout_s
+            }
+        send = {i: a for i, a in actions.items() if i not in late}
+        results = dict(self.pool.step_many(send)) if send else {}
+        for i in late:
+            results[i] = _timeout_result(self.timeout_s or 0.0)
+            self.timeouts += 1
+        end = time.monotonic()
+        out = {}
+        for i, res in results.items():
+            ep = self._eps.get(i)
+            if ep is not None:
+                ep.images.append(res.observation.image)
+            if res.done and ep is not None:
+                info = dict(res.info)
+                info["episode"] = {
+                    "seconds": round(end - ep.start, 4),
+                    "reset_info": ep.reset_info,
+                }
+                if any(img is not None for img in ep.images):
+                    info["_images"] = ep.images
+                res = dataclasses.replace(res, info=info)
+                del self._eps[i]
+            out[i] = res
+        return out
+
+    def call_many(self, name: str, indices: Any, *args: Any, **kwargs: Any) -> dict[int, Any]:
+        return self.pool.call_many(name, indices, *args, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------
+def task_type_of(record: Mapping[str, Any]) -> str | None:
+    """The task type of an episode record: ``meta["task_type"]``, else the first ``task_type``
+    found in a turn's info (envs such as ALFWorld report it), else ``None``."""
+    meta = record.get("meta") or {}
+    if meta.get("task_type"):
+        return str(meta["task_type"])
+    for t in record.get("turns") or []:
+        tt = (t.get("info") or {}).get("task_type")
+        if tt:
+            return str(tt)
+    return None
+
+
+class _EpisodeSink:
+    """What rollout writes to: moves harness bookkeeping into ``meta``, saves images, appends."""
+
+    def __init__(self, out_dir: Path, writer: TrajectoryWriter) -> None:
+        self.out_dir = out_dir
+        self.writer = writer
+        self.written = 0
+
+    def write(self, traj: Trajectory) -> None:
+        last = traj.turns[-1].info if traj.turns else {}
+        ep = last.pop("episode", None) or {}
+        images = last.pop("_images", None)
+        reset_info = ep.get("reset_info") or {}
+        if "seconds" in ep:
+            traj.meta["seconds"] = ep["seconds"]
+        tt = reset_info.get("task_type") or next(
+            (t.info["task_type"] for t in traj.turns if t.info.get("task_type")), None
+        )
+        if tt:
+            traj.meta["task_type"] = str(tt)
+        if reset_info:
+            traj.meta["reset_info"] = reset_info
+        if last.get("timed_out"):
+            traj.meta["timed_out"] = True
+        if images:
+            folder = self.out_dir / "screenshots" / traj.id
+            folder.mkdir(parents=True, exist_ok=True)
+            for k, img in enumerate(images):
+                if img is None:
+                    continue
+                p = folder / f"turn-{k}.png"
+                p.write_bytes(img)
+                rel = p.relative_to(self.out_dir).as_posix()
+                if k < len(traj.turns):
+                    traj.turns[k].info["screenshot"] = rel
+                else:
+                    traj.meta["final_screenshot"] = rel
+        self.writer.write(traj)
+        self.written += 1
+
+
+def load_episodes(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Episode records of a run folder, first occurrence of each id, in file order."""
+    path = Path(out_dir) / EPISODES_FILE
+    if not path.exists():
+        return []
+    seen: set[str] = set()
+    out = []
+    for rec in iter_records(path):
+        rid = rec.get("id")
+        if not isinstance(rid, str) or rid in seen:
+            continue
+        seen.add(rid)
+        out.append(rec)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------------
+def _executed_turns(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [t for t in rec.get("turns") or [] if (t.get("info") or {}).get("executed", True)]
+
+
+def _metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    n = len(records)
+    won = sum(bool(r.get("won")) for r in records)
+    returns = [
+        float(r.get("return", sum(t.get("reward", 0.0) for t in r.get("turns") or [])))
+        for r in records
+    ]
+    turns = [len(_executed_turns(r)) for r in records]
+    all_turns = [t for r in records for t in _executed_turns(r)]
+    invalid = sum(not t.get("valid", True) for t in all_turns)
+    timed_out = sum(bool((r.get("meta") or {}).get("timed_out")) for r in records)
+    crashed = sum(bool(r.get("crashed")) for r in records)
+    truncated = sum(bool(r.get("truncated")) for r in records)
+    return {
+        "episodes": n,
+        "success_rate": stats.rate(won, n).to_dict(),
+        "mean_reward": stats.mean(returns).to_dict(),
+        "mean_turns": stats.mean(turns).to_dict(),
+        "invalid_action_rate": stats.rate(invalid, len(all_turns)).to_dict(),
+        "timeout_rate": stats.rate(timed_out, n).to_dict(),
+        "won": won,
+        "timed_out": timed_out,
+        "crashed": crashed,
+        "truncated": truncated,
+        "turns": len(all_turns),
+    }
+
+
+def summarize(
+    records: Sequence[Mapping[str, Any]], *, config: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Summary metrics of episode records (see module docs for the intervals used)."""
+    config = dict(config or {})
+    s: dict[str, Any] = {
+        "env": config.get("env") or (records[0].get("env") if records else ""),
+        "policy": config.get(
+            "policy", (records[0].get("meta") or {}).get("policy") if records else ""
+        ),
+        "run_id": config.get("run_id", ""),
+        "planned_episodes": None,
+        "confidence": 0.95,
+        "intervals": {
+            "rates": "Wilson score interval",
+            "means": "Student-t interval",
+            "note": "episodes are treated as independent",
+        },
+        **_metrics(records),
+    }
+    if config.get("env"):
+        s["planned_episodes"] = EvalConfig.from_dict(config).total_episodes
+    group_size = int(config.get("group_size", 1) or 1)
+    if group_size > 1:
+        s["intervals"]["note"] += (
+            f"; with group_size={group_size} the members of a group share a task, so the "
+            "intervals are somewhat too narrow"
+        )
+        groups: dict[str, list[Mapping[str, Any]]] = {}
+        for r in records:
+            groups.setdefault(str(r.get("group", r.get("id"))), []).append(r)
+        full = [g for g in groups.values() if len(g) == group_size]
+        s[f"pass@{group_size}"] = stats.rate(
+            sum(any(bool(x.get("won")) for x in g) for g in full), len(full)
+        ).to_dict()
+    by_type: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        tt = task_type_of(r)
+        if tt is not None:
+            by_type.setdefault(tt, []).append(r)
+    if by_type:
+        s["by_task_type"] = {k: _metrics(v) for k, v in sorted(by_type.items())}
+    secs = [float((r.get("meta") or {}).get("seconds", 0.0)) for r in records]
+    s["mean_episode_seconds"] = round(sum(secs) / len(secs), 4) if secs else 0.0
+    wall = sum(float(x.get("seconds", 0.0)) for x in config.get("sessions", []) or [])
+    if wall:
+        s["wall_seconds"] = round(wall, 3)
+        s["episodes_per_second"] = round(len(records) / wall, 4)
+    return s
+
+
+def _est(d: Mapping[str, Any]) -> stats.Estimate:
+    return stats.Estimate(d["value"], d["low"], d["high"], d["n"])
+
+
+def summary_markdown(s: Mapping[str, Any]) -> str:
+    """The summary as Markdown (a metrics table and, when known, a per-task-type table)."""
+    lines = [
+        f"# Evaluation: {s.get('env', '')}",
+        "",
+        f"Policy `{s.get('policy', '')}`, run `{s.get('run_id', '')}`: "
+        f"{s['episodes']} episodes"
+        + (f" of {s['planned_episodes']} planned" if s.get("planned_episodes") else "")
+        + f"; {s['timed_out']} timed out, {s['crashed']} crashed.",
+        "",
+        "| metric | value | 95% CI | n |",
+        "|---|---|---|---|",
+    ]
+
+    def row(name: str, d: Mapping[str, Any], percent: bool) -> None:
+        e = _est(d)
+        if e.n == 0:
+            lines.append(f"| {name} | n/a | | 0 |")
+            return
+        val = f"{100 * e.value:.1f}%" if percent else f"{e.value:.3f}"
+        if e.low is None or e.high is None:
+            ci = ""
+        elif percent:
+            ci = f"[{100 * e.low:.1f}%, {100 * e.high:.1f}%]"
+        else:
+            ci = f"[{e.low:.3f}, {e.high:.3f}]"
+        lines.append(f"| {name} | {val} | {ci} | {e.n} |")
+
+    row("success rate", s["success_rate"], True)
+    row("mean reward", s["mean_reward"], False)
+    row("mean turns", s["mean_turns"], False)
+    row("invalid-action rate (per turn)", s["invalid_action_rate"], True)
+    row("timeout rate", s["timeout_rate"], True)
+    for k, v in s.items():
+        if k.startswith("pass@"):
+            row(f"{k} (per group)", v, True)
+    if s.get("by_task_type"):
+        lines += [
+            "",
+            "## By task type",
+            "",
+            "| task type | episodes | success rate [95% CI] | mean reward | mean turns | invalid |",
+            "|---|---|---|---|---|---|",
+        ]
+        for tt, m in s["by_task_type"].items():
+            lines.append(
+                f"| {tt} | {m['episodes']} | {_est(m['success_rate']).fmt(percent=True)} | "
+                f"{_est(m['mean_reward']).fmt()} | {_est(m['mean_turns']).fmt()} | "
+                f"{_est(m['invalid_action_rate']).fmt(percent=True)} |"
+            )
+    lines += [
+        "",
+        "Intervals: Wilson score for rates, Student-t for means; episodes treated as independent.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_summary(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Recompute ``summary.json`` and ``summary.md`` of a run folder from its episodes."""
+    out = Path(out_dir)
+    cfg_path = out / CONFIG_FILE
+    config = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    records = load_episodes(out)
+    if config.get("run_id"):
+        planned = set(EvalConfig.from_dict(config).episode_ids())
+        records = [r for r in records if r["id"] in planned]
+    s = summarize(records, config=config)
+    atomic_write_json(out / SUMMARY_JSON, s)
+    with atomic_write(out / SUMMARY_MD) as f:
+        f.write(summary_markdown(s))
+    return s
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+def _prepare(config: EvalConfig, out: Path, resume: bool) -> tuple[EvalConfig, dict[str, Any]]:
+    cfg_path = out / CONFIG_FILE
+    if cfg_path.exists():
+        stored = json.loads(cfg_path.read_text())
+        if not resume:
+            raise ValueError(
+                f"{out} already holds an evaluation (run {stored.get('run_id')!r}); pass --resume "
+                "to continue it or choose a new --out folder"
+            )
+        old = EvalConfig.from_dict(stored)
+        for name in _IDENTITY_FIELDS:
+            if getattr(old, name) != getattr(config, name):
+                raise ValueError(
+                    f"cannot resume {out}: it was started with {name}={getattr(old, name)!r} but "
+                    f"this run asks for {name}={getattr(config, name)!r}; use the same value or a "
+                    "new --out folder"
+                )
+        if config.episodes < old.episodes:
+            raise ValueError(
+                f"cannot resume {out} with fewer episodes ({config.episodes}) than it was started "
+                f"with ({old.episodes}); pass --episodes {old.episodes} or more"
+            )
+        config = dataclasses.replace(config, run_id=old.run_id)
+        meta = {
+            k: v
+            for k, v in stored.items()
+            if k not in {f.name for f in dataclasses.fields(EvalConfig)}
+        }
+    else:
+        if (out / EPISODES_FILE).exists() and (out / EPISODES_FILE).stat().st_size:
+            raise ValueError(
+                f"{out / EPISODES_FILE} exists but {CONFIG_FILE} does not; choose a new --out folder"
+            )
+        config = dataclasses.replace(config, run_id=config.run_id or uuid.uuid4().hex[:8])
+        meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "sessions": []}
+    return config, meta
+
+
+def _save_config(out: Path, config: EvalConfig, meta: Mapping[str, Any]) -> None:
+    atomic_write_json(out / CONFIG_FILE, {**config.to_dict(), **meta})
+
+
+def run_eval(
+    config: EvalConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    policy: Policy | None = None,
+) -> dict[str, Any]:
+    """Play the episodes of ``config`` not yet in ``out_dir``; write records and the summary.
+
+    Args:
+        policy: an already built policy (default: ``make_policy(config.policy, ...)``).
+
+    Returns the summary dict. Raises :class:`EvalInterrupted` (after writing the summary of what
+    finished) when the policy fails beyond its retries or the run is interrupted.
+    """
+    import agentgym
+    from agentgym.policies import make_policy
+    from agentgym.pool import EnvPool
+    from agentgym.rollout import rollout
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    agentgym.load_plugins()
+    env_spec = agentgym.spec(config.env)  # fail early on an unknown id
+    config, meta = _prepare(config, out, resume)
+    _save_config(out, config, meta)
+
+    planned = config.episode_ids()
+    done_ids = {r["id"] for r in load_episodes(out)} & set(planned)
+    todo = len(planned) - len(done_ids)
+    if todo == 0:
+        return write_summary(out)
+
+    env_kwargs = dict(config.env_kwargs)
+    if config.split is not None:
+        env_kwargs["split"] = config.split
+    if policy is None:
+        policy = make_policy(config.policy, seed=config.seed, **config.policy_kwargs)
+    retrying = RetryingPolicy(policy, retries=config.retries, backoff_s=config.backoff_s)
+
+    from tqdm import tqdm
+
+    won_before = sum(bool(r.get("won")) for r in load_episodes(out) if r["id"] in done_ids)
+    counts = {"n": len(done_ids), "won": won_before}
+    bar = tqdm(
+        total=len(planned),
+        initial=len(done_ids),
+        desc=f"eval {config.env}",
+        unit="ep",
+        disable=not progress,
+        file=sys.stderr,
+    )
+
+    def on_episode(t: Trajectory) -> None:
+        counts["n"] += 1
+        counts["won"] += int(t.won)
+        bar.update(1)
+        bar.set_postfix(success=f"{counts['won'] / counts['n']:.1%}", refresh=False)
+
+    # Recorded before playing, so a session that is killed still shows up (as "running").
+    session: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "status": "running",
+        "episodes": 0,
+        "seconds": 0.0,
+    }
+    meta.setdefault("sessions", []).append(session)
+    _save_config(out, config, meta)
+    t0 = time.perf_counter()
+    error: BaseException | None = None
+    writer = TrajectoryWriter(out / EPISODES_FILE)
+    sink = _EpisodeSink(out, writer)
+    try:
+        with EnvPool(
+            env_spec,
+            num_envs=min(config.parallel, todo),
+            backend=config.backend,
+            env_kwargs=env_kwargs,
+            step_timeout=config.timeout_s,
+        ) as pool:
+            rollout(
+                TimedPool(pool, config.timeout_s),  # type: ignore[arg-type]
+                retrying,
+                num_groups=config.num_groups,
+                group_size=config.group_size,
+                seed=config.seed,
+                writer=sink,  # type: ignore[arg-type]
+                on_episode=on_episode,
+                run_id=config.run_id,
+                skip=done_ids,
+            )
+    except (Exception, KeyboardInterrupt) as e:
+        error = e
+    finally:
+        bar.close()
+        writer.close()
+        with contextlib.suppress(Exception):
+            close = getattr(policy, "close", None)
+            if callable(close):
+                close()
+        session["episodes"] = sink.written
+        session["seconds"] = round(time.perf_counter() - t0, 3)
+        session["policy_retries"] = retrying.retried
+        session["status"] = "finished" if error is None else "stopped"
+        if error is not None:
+            session["error"] = f"{type(error).__name__}: {error}"
+        _save_config(out, config, meta)
+        summary = write_summary(out)
+    if error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            raise EvalInterrupted(
+                f"interrupted after {summary['episodes']}/{len(planned)} episodes; "
+                f"continue with --resume --out {out}"
+            ) from error
+        if is_transient(error):
+            raise EvalInterrupted(
+                f"stopped after {summary['episodes']}/{len(planned)} episodes because the policy "
+                f"kept failing ({error}); continue with --resume --out {out}"
+            ) from error
+        raise error
+    return summary
