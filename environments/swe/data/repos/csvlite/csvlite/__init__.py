@@ -1,0 +1,1 @@
+"""csvlite: a small library used by the agentgym SWE task suite."""

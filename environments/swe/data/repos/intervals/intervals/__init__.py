@@ -1,0 +1,1 @@
+"""intervals: a small library used by the agentgym SWE task suite."""

@@ -1,0 +1,1 @@
+"""inventory: a small library used by the agentgym SWE task suite."""

@@ -1,0 +1,1 @@
+"""mathx: a small library used by the agentgym SWE task suite."""

@@ -1,0 +1,1 @@
+"""textkit: a small library used by the agentgym SWE task suite."""
