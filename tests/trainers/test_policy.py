@@ -1,0 +1,156 @@
+"""HFPolicy on a tiny model built by init_model: batched generation, parsing, exact log-probs."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from agentgym.core import Observation  # noqa: E402
+from agentgym.policies import Policy, TurnContext  # noqa: E402
+from agentgym.trainers.hf_policy import HFPolicy, encode_prompt  # noqa: E402
+from agentgym.trainers.losses import Sample, collate, token_logprobs  # noqa: E402
+from agentgym.trainers.sft import IGNORE_INDEX, encode_example, sft_train  # noqa: E402
+from agentgym.trainers.tiny_model import init_model  # noqa: E402
+
+CORPUS = [
+    "You are in the kitchen. A sign says: take the red door. <action>open red door</action>",
+    "You are in the hall. There is a blue key here. <action>take blue key</action>",
+    "Admissible actions: open red door, open blue door, open green door, go north, look",
+    "Task: Get through all the rooms. Recent history: observation: action: inventory",
+] * 20
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny models run faster on one thread, and the test machines are shared.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return init_model(
+        tmp_path_factory.mktemp("tiny"),
+        CORPUS,
+        vocab_size=400,
+        hidden_size=32,
+        num_layers=2,
+        seed=0,
+    )
+
+
+def _contexts(n: int) -> list[TurnContext]:
+    rooms = ["kitchen", "hall", "cellar with a long description of many things", "attic"]
+    return [
+        TurnContext(
+            env_id="test/Doors-v0",
+            observation=Observation(
+                text=f"You are in the {rooms[i % 4]}." + " It is dark." * (i % 3),
+                task="Get through all the rooms.",
+                admissible_actions=("open red door", "open blue door"),
+            ),
+            history=[("You wake up.", "look")] * (i % 2),
+        )
+        for i in range(n)
+    ]
+
+
+def test_model_dir_loads_with_auto_classes(model_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert model.config.model_type == "qwen2"
+    assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 2
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token is not None
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    ids = tok("<action>look</action>", add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids)[0] == "<action>"  # one token
+    assert tok.decode(ids) == "<action>look</action>"
+
+
+def test_batched_generation_logprobs_match_forward_pass(model_dir):
+    policy = HFPolicy.from_pretrained(model_dir, seed=3, max_new_tokens=12, temperature=1.0)
+    assert isinstance(policy, Policy) and policy.needs_expert is False
+    ctxs = _contexts(5)
+    outs = policy.act(ctxs)
+    assert len(outs) == 5
+    # prompts of different lengths were left-padded into one batch
+    assert len({len(o.extras["prompt_ids"]) for o in outs}) > 1
+    samples = []
+    for ctx, o in zip(ctxs, outs):
+        ex = o.extras
+        assert ex["prompt_ids"] == policy.prompt_ids(ctx)
+        assert 1 <= len(ex["response_ids"]) <= 12
+        assert len(ex["logprobs"]) == len(ex["response_ids"])
+        assert all(lp <= 0 for lp in ex["logprobs"])
+        # the untrained model emits no <action> tag: the reply is kept, flagged as bad format
+        assert isinstance(o.action, str) and o.format_ok == (
+            "<action>" in o.response and "</action>" in o.response
+        )
+        samples.append(
+            Sample(tuple(ex["prompt_ids"]), tuple(ex["response_ids"]), tuple(ex["logprobs"]), 0.0)
+        )
+    # recompute every log-prob with one right-padded forward pass (as the trainer does)
+    b = collate(samples, pad_id=policy.tokenizer.pad_token_id)
+    with torch.no_grad():
+        lp, _ = token_logprobs(policy.model, b["input_ids"], b["attention_mask"], b["targets"])
+    torch.testing.assert_close(
+        lp[b["mask"] > 0], b["old_logp"][b["mask"] > 0], atol=1e-4, rtol=1e-4
+    )
+
+
+def test_sampling_is_reproducible_and_greedy_is_deterministic(model_dir):
+    a = HFPolicy.from_pretrained(model_dir, seed=7, max_new_tokens=8)
+    b = HFPolicy.from_pretrained(model_dir, seed=7, max_new_tokens=8)
+    ctxs = _contexts(3)
+    assert [o.extras["response_ids"] for o in a.act(ctxs)] == [
+        o.extras["response_ids"] for o in b.act(ctxs)
+    ]
+    g = HFPolicy.from_pretrained(model_dir, seed=1, max_new_tokens=8, temperature=0.0)
+    first = [o.extras["response_ids"] for o in g.act(ctxs)]
+    assert first == [o.extras["response_ids"] for o in g.act(ctxs)]
+    # a batch of one gives the same greedy reply as inside the batch (padding is invisible)
+    assert g.act(ctxs[2:])[0].extras["response_ids"] == first[2]
+
+
+def test_sft_masks_prompt_and_teaches_the_format(model_dir):
+    policy = HFPolicy.from_pretrained(model_dir, seed=0, max_new_tokens=10, temperature=0.0)
+    tok = policy.tokenizer
+    ctxs = _contexts(4)
+    from agentgym.policies import build_messages
+
+    pairs = [
+        (build_messages(c), ["open red door", "open blue door"][i % 2]) for i, c in enumerate(ctxs)
+    ]
+    ex = encode_example(tok, pairs[0][0], pairs[0][1])
+    prompt = encode_prompt(tok, pairs[0][0], 1024)
+    assert ex.labels[: len(prompt)] == (IGNORE_INDEX,) * len(prompt)
+    assert ex.input_ids[: len(prompt)] == tuple(prompt)
+    reply = ex.labels[len(prompt) :]
+    assert tok.decode(list(reply)) == "<action>open red door</action><|im_end|>"
+    assert reply[-1] == tok.eos_token_id
+    examples = [encode_example(tok, m, a) for m, a in pairs]
+    losses = sft_train(
+        policy.model,
+        examples,
+        pad_id=tok.pad_token_id,
+        epochs=25,
+        lr=1e-2,
+        batch_size=4,
+        micro_batch_size=2,
+        seed=0,
+    )
+    assert losses[-1] < 0.25 * losses[0]
+    outs = policy.act(ctxs)
+    # the format is learnt (which door per room is not asked of 25 steps on a 32-wide model)
+    assert all(o.format_ok for o in outs), [o.response for o in outs]
+    assert all(o.action in ("open red door", "open blue door") for o in outs)

@@ -1,0 +1,300 @@
+"""End-to-end tests of the training loop: config rules, resume, and the `agentgym train` CLI.
+
+The env here is a small deterministic game defined in this file (real engine code, no mocks):
+a corridor of rooms, each with three coloured doors; a sign in every room names the right door.
+An expert reads the sign; a random policy rarely gets through. It registers as
+``testgym/Signs-v0`` and the CLI test imports this module with ``--env-modules test_train``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import agentgym
+from agentgym.core import Env, Observation
+
+COLORS = ("red", "blue", "green")
+
+
+class SignEnv(Env):
+    """``rooms`` rooms; the sign of room k names the door that leads on. Reward 1 on the win."""
+
+    def __init__(self, rooms: int = 2, split: str = "train") -> None:
+        self.rooms = rooms
+        self.offset = 0 if split == "train" else 7919
+        self.path: list[str] = []
+        self.room = 0
+        self.task_seed = 0
+
+    def _obs(self, text: str = "") -> Observation:
+        sign = self.path[self.room]
+        body = (f"{text} " if text else "") + (
+            f"You are in room {self.room + 1}. A sign says: take the {sign} door."
+        )
+        return Observation(
+            text=body,
+            task="Get through all the rooms.",
+            admissible_actions=tuple(f"open {c} door" for c in COLORS),
+            anchor=f"{self.task_seed}:{self.room}",
+        )
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        s = int(seed or 0) + self.offset
+        if options and "task" in options:
+            s = int(options["task"])
+        rng = random.Random(s)
+        self.task_seed = s
+        self.path = [rng.choice(COLORS) for _ in range(self.rooms)]
+        self.room = 0
+        return self._obs(), {"task_id": f"signs-{s}"}
+
+    def step(self, action: str):
+        words = action.strip().lower().split()
+        if len(words) != 3 or words[0] != "open" or words[2] != "door" or words[1] not in COLORS:
+            obs = self._obs(f"'{action}' is not an action here.")
+            return obs, 0.0, False, False, {"won": False, "score": 0.0, "valid": False}
+        if words[1] != self.path[self.room]:
+            return (
+                self._obs("That door is locked."),
+                0.0,
+                False,
+                False,
+                {"won": False, "score": 0.0, "valid": True},
+            )
+        self.room += 1
+        if self.room == self.rooms:
+            self.room -= 1
+            obs = Observation(
+                text="You made it out!",
+                task="Get through all the rooms.",
+                anchor=f"{self.task_seed}:end",
+            )
+            return obs, 1.0, True, False, {"won": True, "score": 1.0, "valid": True}
+        return (
+            self._obs("The door opens."),
+            0.0,
+            False,
+            False,
+            {"won": False, "score": 0.0, "valid": True},
+        )
+
+    def expert_action(self) -> str | None:
+        return f"open {self.path[self.room]} door"
+
+
+agentgym.register("testgym/Signs-v0", "test_train:SignEnv", max_turns=4, override=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# config
+# ------------------------------------------------------------------------------------------------
+# torch is imported lazily: env workers import this module to build SignEnv, and must stay light.
+from agentgym.trainers.cli import add_config_flags, config_from_args  # noqa: E402
+from agentgym.trainers.train import TrainConfig, train  # noqa: E402
+
+needs_torch = pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None,
+    reason="needs torch and transformers (pip install 'agentgym[train]')",
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+
+def test_env_passes_the_checker():
+    with agentgym.make("testgym/Signs-v0") as env:
+        agentgym.check_env(env)
+
+
+def test_config_cross_field_rules_say_the_fix():
+    with pytest.raises(ValueError, match="group_size >= 2.*--group-size"):
+        TrainConfig(algo="grpo", group_size=1)
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        TrainConfig(algo="gigpo", group_size=1)
+    with pytest.raises(ValueError, match="unknown: use one of gigpo, grpo, rloo"):
+        TrainConfig(algo="dpo")
+    with pytest.raises(ValueError, match="micro_batch_size=32 exceeds"):
+        TrainConfig(minibatch_size=16, micro_batch_size=32)
+    with pytest.raises(ValueError, match="unknown config key"):
+        TrainConfig.from_dict({"stepz": 3})
+
+
+def test_every_field_is_documented_and_has_a_flag(tmp_path):
+    import argparse
+    import dataclasses
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata.get("help"), f"{f.name} has no help text"
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("group-size: 5\nlr: 0.001\nalgo: grpo\nenv_kwargs: {rooms: 3}\n")
+    args = parser.parse_args(
+        [
+            "--config",
+            str(cfg_file),
+            "--lr",
+            "0.5",
+            "--no-tensorboard",
+            "--dual-clip",
+            "none",
+            "--env-modules",
+            "a",
+            "--env-modules",
+            "b",
+        ]
+    )
+    cfg = config_from_args(args)
+    assert cfg.group_size == 5 and cfg.algo == "grpo" and cfg.env_kwargs == {"rooms": 3}
+    assert cfg.lr == 0.5  # the flag beats the file
+    assert cfg.tensorboard is False and cfg.dual_clip is None
+    assert cfg.env_modules == ["a", "b"]
+    assert cfg.seed == TrainConfig().seed  # untouched fields keep their defaults
+    toml = tmp_path / "run.toml"
+    toml.write_text('algo = "rloo"\ngroup_size = 3\n')
+    assert config_from_args(parser.parse_args(["--config", str(toml)])).algo == "rloo"
+
+
+# ------------------------------------------------------------------------------------------------
+# runs
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from agentgym.trainers.tiny_model import init_model
+
+    texts = [
+        f"You are in room {k}. A sign says: take the {c} door. <action>open {c} door</action> "
+        "Task: Get through all the rooms. Admissible actions: open red door, open blue door"
+        for k in range(3)
+        for c in COLORS
+    ] * 4
+    return str(
+        init_model(
+            tmp_path_factory.mktemp("tiny"),
+            texts,
+            vocab_size=400,
+            hidden_size=32,
+            num_layers=2,
+            seed=0,
+        )
+    )
+
+
+def _small(out: Path, model: str, **kw: Any) -> TrainConfig:
+    base = dict(
+        out=str(out),
+        env="testgym/Signs-v0",
+        env_kwargs={"rooms": 1},
+        backend="sync",
+        num_envs=4,
+        model=model,
+        sft_episodes=2,
+        sft_epochs=1,
+        steps=2,
+        groups_per_step=2,
+        group_size=2,
+        max_new_tokens=6,
+        eval_episodes=2,
+        eval_every=0,
+        save_every=1,
+        minibatch_size=8,
+        micro_batch_size=4,
+        entropy_coef=0.01,
+        kl_coef=0.05,
+        lr=1e-2,
+        progress=False,
+        tensorboard=False,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@needs_torch
+def test_resume_gives_the_same_next_step_loss(tmp_path, tiny_model):
+    full = tmp_path / "full"
+    train(_small(full, tiny_model))
+    part = tmp_path / "part"
+    train(_small(part, tiny_model, steps=1))
+    assert (part / "checkpoints" / "step_1" / "state.pt").exists()
+    report = train(_small(part, tiny_model, steps=2, resume=True))
+    assert report["resumed_from"] == 1
+    a = [r for r in _records(full) if r.get("step") == 2 and "loss/loss" in r]
+    b = [r for r in _records(part) if r.get("step") == 2 and "loss/loss" in r]
+    assert len(a) == len(b) == 1
+    assert a[0]["loss/loss"] != 0.0 and a[0]["loss/kl"] > 0.0  # a live loss, not a trivial zero
+    for key in ("loss/loss", "loss/kl", "loss/entropy", "train/reply_tokens", "train/return"):
+        assert b[0][key] == pytest.approx(a[0][key], rel=1e-6, abs=1e-9), key
+    # the step-1 line written before the interruption is kept once, not duplicated
+    assert sum(1 for r in _records(part) if r.get("step") == 1 and "train/success" in r) == 1
+    assert sum(1 for r in _records(part) if r.get("final")) == 1
+    import torch
+    from safetensors.torch import load_file
+
+    wa = load_file(full / "model" / "model.safetensors")
+    wb = load_file(part / "model" / "model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-6, atol=1e-7, msg=k)
+
+
+def test_resume_without_checkpoint_says_what_to_do(tmp_path, tiny_model):
+    with pytest.raises(FileNotFoundError, match="start without --resume"):
+        train(_small(tmp_path / "none", tiny_model, resume=True))
+
+
+@needs_torch
+def test_agentgym_train_cli_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "AGENTGYM_CACHE": str(tmp_path / "cache"),
+        "HF_HUB_OFFLINE": "1",
+    }
+    flags = shlex.split(
+        "--env testgym/Signs-v0 --env-modules test_train --num-envs 1 --backend sync --tiny-hidden-size 32 "
+        "--tiny-vocab-size 320 --corpus-episodes 4 --sft-episodes 4 --sft-epochs 2 --steps 2 "
+        "--groups-per-step 2 --group-size 2 --max-new-tokens 6 --eval-episodes 2 --eval-every 1 "
+        "--save-every 1 --minibatch-size 8 --micro-batch-size 8 --algo grpo --json --no-progress"
+    )
+    cmd = [sys.executable, "-m", "agentgym.cli", "train", "--out", str(out), *flags]
+    cmd += ["--env-kwargs", '{"rooms": 1}']
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["algo"] == "grpo" and report["steps"] == 2
+    for key in ("success_initial", "success_sft", "success_final", "wall_time_s", "seed"):
+        assert key in report
+    for name in (
+        "metrics.jsonl",
+        "report.json",
+        "curve.png",
+        "config.json",
+        "trajectories.jsonl",
+        "model/config.json",
+        "sft_model/config.json",
+        "init_model/tokenizer.json",
+        "checkpoints/step_2/state.pt",
+        "checkpoints/step_2/model.safetensors",
+    ):
+        assert (out / name).exists(), name
+    assert (out / "tb").is_dir() and any((out / "tb").iterdir())
+    recs = _records(out)
+    assert [r["step"] for r in recs if "train/success" in r] == [1, 2]
+    assert any("eval/success" in r and r["step"] == 1 for r in recs)
+    assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    trajs = agentgym.read_trajectories(out / "trajectories.jsonl")
+    assert len(trajs) == 2 * 2 * 2 and all(t.env == "testgym/Signs-v0" for t in trajs)

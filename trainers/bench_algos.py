@@ -1,0 +1,304 @@
+"""``agentgym bench algos``: the credit-assignment methods compared under one budget.
+
+Every method trains the same model on the same env with the same seeds, steps, groups and
+evaluation episodes; only the estimator (and EPO's loss terms) differ:
+
+    grpo, rloo, ppo (turn-level GAE + critic), gigpo, gigpo+epo, spa (progress estimator)
+
+Per seed, the tiny model is built and SFT-warm-started ONCE (``agentgym sft``); every method then
+starts RL from that same SFT model, so step 0 is identical across methods and the comparison
+isolates the RL algorithm. Held-out success (greedy, test split) is measured every
+``eval_every`` steps. Outputs in ``--out``:
+
+* ``results.json``: every run's success curve and wall time, and the aggregated table;
+* ``table.md``: held-out success (mean +- standard deviation over seeds) at each evaluated step;
+* ``success.png``: success rate vs RL step, one line per method, shaded +-1 std.
+
+Runs are cached by folder: a method/seed whose ``report.json`` exists is not trained again
+(``--fresh`` to redo), so an interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["METHODS", "run_bench", "aggregate", "add_cli"]
+
+#: method name -> TrainConfig overrides.
+METHODS: dict[str, dict[str, Any]] = {
+    "grpo": {"algo": "grpo"},
+    "rloo": {"algo": "rloo"},
+    "ppo": {"algo": "ppo"},
+    "gigpo": {"algo": "gigpo"},
+    "gigpo+epo": {"algo": "gigpo", "epo": True},
+    "spa": {"algo": "spa"},
+}
+
+
+def _curve(run_dir: Path) -> dict[int, float]:
+    """Held-out success by RL step from a run's metrics.jsonl (step 0 = the SFT model)."""
+    curve: dict[int, float] = {}
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        if "eval/success" in r:
+            curve[int(r.get("step", 0))] = float(r["eval/success"])
+    return curve
+
+
+def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return m, sd
+
+
+def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, dict[int, tuple[float, float, int]]]:
+    """``{method: {step: (mean, std, n_seeds)}}`` over runs ``{"method", "seed", "curve"}``."""
+    by: dict[str, dict[int, list[float]]] = {}
+    for r in runs:
+        for step, v in r["curve"].items():
+            by.setdefault(r["method"], {}).setdefault(int(step), []).append(v)
+    return {
+        m: {s: (*_mean_std(v), len(v)) for s, v in sorted(steps.items())} for m, steps in by.items()
+    }
+
+
+def table_markdown(
+    agg: dict[str, dict[int, tuple[float, float, int]]], wall: dict[str, float]
+) -> str:
+    steps = sorted({s for curve in agg.values() for s in curve})
+    head = "| method | " + " | ".join(f"step {s}" for s in steps) + " | wall s/run |"
+    sep = "|---" * (len(steps) + 2) + "|"
+    rows = [head, sep]
+    for m, curve in agg.items():
+        cells = []
+        for s in steps:
+            if s in curve:
+                mean, sd, _ = curve[s]
+                cells.append(f"{mean:.2f} ± {sd:.2f}")
+            else:
+                cells.append("")
+        rows.append(f"| {m} | " + " | ".join(cells) + f" | {wall.get(m, float('nan')):.0f} |")
+    return "\n".join(rows) + "\n"
+
+
+def plot(agg: dict[str, dict[int, tuple[float, float, int]]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for m, curve in agg.items():
+        xs = sorted(curve)
+        mean = [curve[s][0] for s in xs]
+        sd = [curve[s][1] for s in xs]
+        (line,) = ax.plot(xs, mean, "o-", label=m)
+        ax.fill_between(
+            xs,
+            [a - b for a, b in zip(mean, sd)],
+            [a + b for a, b in zip(mean, sd)],
+            color=line.get_color(),
+            alpha=0.12,
+        )
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("held-out success (greedy)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def run_bench(
+    out: str | Path,
+    *,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    base: dict[str, Any],
+    fresh: bool = False,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Train every (method, seed) with ``base`` TrainConfig settings; write table, plot, JSON."""
+    from agentgym.trainers.train import TrainConfig, train
+    from agentgym.utils import atomic_write, atomic_write_json
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}: choose from {', '.join(METHODS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    t_all = time.perf_counter()
+    for seed in seeds:
+        # One model + SFT per seed, shared by every method.
+        sft_dir = out / f"sft_seed{seed}"
+        if fresh or not (sft_dir / "report.json").exists():
+            t0 = time.perf_counter()
+            cfg = TrainConfig(**{**base, "out": str(sft_dir), "seed": seed, "steps": 0})
+            rep = train(cfg)
+            log(
+                f"seed {seed}: model + SFT in {time.perf_counter() - t0:.0f}s, held-out success "
+                f"{rep['success_final']:.2f}"
+            )
+        start_model = sft_dir / "model"
+        for m in methods:
+            run_dir = out / f"{m}_seed{seed}"
+            if fresh or not (run_dir / "report.json").exists():
+                cfg = TrainConfig(
+                    **{
+                        **base,
+                        **METHODS[m],
+                        "out": str(run_dir),
+                        "seed": seed,
+                        "model": str(start_model),
+                        "sft_episodes": 0,
+                    }
+                )
+                rep = train(cfg)
+                log(
+                    f"{m} seed {seed}: success {rep['success_initial']:.2f} -> "
+                    f"{rep['success_final']:.2f} in {rep['wall_time_s']:.0f}s"
+                )
+            rep = json.loads((run_dir / "report.json").read_text())
+            runs.append(
+                {
+                    "method": m,
+                    "seed": seed,
+                    "curve": _curve(run_dir),
+                    "wall_time_s": rep["wall_time_s"],
+                    "success_final": rep["success_final"],
+                }
+            )
+    agg = aggregate(runs)
+    wall = {
+        m: sum(r["wall_time_s"] for r in runs if r["method"] == m)
+        / max(1, sum(r["method"] == m for r in runs))
+        for m in methods
+    }
+    table = table_markdown(agg, wall)
+    atomic_write(out / "table.md", table)
+    title = (
+        f"{base.get('env', 'default env')}: {len(seeds)} seeds x {base.get('steps')} steps x "
+        f"{base.get('groups_per_step')}x{base.get('group_size')} episodes"
+    )
+    plot(agg, out / "success.png", title)
+    result = {
+        "methods": list(methods),
+        "seeds": list(seeds),
+        "base_config": base,
+        "runs": runs,
+        "table": {m: {str(s): list(v) for s, v in c.items()} for m, c in agg.items()},
+        "wall_time_s": round(time.perf_counter() - t_all, 1),
+    }
+    atomic_write_json(out / "results.json", result)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+#: The small CPU budget of the default benchmark (TrainConfig overrides).
+DEFAULT_BASE: dict[str, Any] = {
+    "steps": 6,
+    "groups_per_step": 2,
+    "group_size": 4,
+    "eval_every": 2,
+    "eval_episodes": 12,
+    "num_envs": 4,
+    "sft_episodes": 16,
+    "sft_epochs": 2,
+    "minibatch_size": 32,
+    "micro_batch_size": 16,
+    "tensorboard": False,
+    "progress": False,
+    "write_trajectories": False,
+    "keep_checkpoints": 1,
+    "save_every": 0,
+}
+
+
+def cmd_bench_algos(args: argparse.Namespace) -> int:
+    from agentgym.trainers.train import TrainConfig
+
+    base = dict(DEFAULT_BASE)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key in (
+        "env",
+        "steps",
+        "groups_per_step",
+        "group_size",
+        "eval_every",
+        "eval_episodes",
+        "num_envs",
+        "threads",
+        "max_turns",
+        "sft_episodes",
+    ):
+        v = getattr(args, key, None)
+        if v is not None:
+            base[key] = v
+    for item in args.set or []:
+        if "=" not in item:
+            raise SystemExit(f"--set {item!r}: write KEY=VALUE with a TrainConfig field as KEY")
+        k, v = item.split("=", 1)
+        k = k.replace("-", "_")
+        if k not in names:
+            raise SystemExit(f"--set {k}: not a TrainConfig field (see `agentgym train --help`)")
+        try:
+            base[k] = json.loads(v)
+        except json.JSONDecodeError:
+            base[k] = v
+    methods = args.methods.split(",") if args.methods else list(METHODS)
+    result = run_bench(args.out, methods=methods, seeds=args.seeds, base=base, fresh=args.fresh)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print((Path(args.out) / "table.md").read_text(), end="")
+        print(f"plot: {Path(args.out) / 'success.png'}  ({result['wall_time_s']:.0f}s in all)")
+    return 0
+
+
+def add_cli(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
+    from agentgym.cli import subgroup
+
+    bench = subgroup(sub, groups, "bench", "benchmarks")
+    p = bench.add_parser(
+        "algos",
+        help="compare GRPO, RLOO, PPO, GiGPO, GiGPO+EPO and SPA under one training budget",
+        description="Train each credit-assignment method with the same env, model, seeds and "
+        "budget; print held-out success vs RL step (mean ± std over seeds) and plot it.",
+    )
+    p.add_argument("--out", default="runs/bench_algos", help="output folder (runs are cached)")
+    p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds")
+    p.add_argument("--env", help="env id (default: the trainer's default TextWorld env)")
+    p.add_argument("--steps", type=int, help=f"RL steps (default {DEFAULT_BASE['steps']})")
+    p.add_argument("--groups-per-step", type=int, help="task groups per step")
+    p.add_argument("--group-size", type=int, help="episodes per group")
+    p.add_argument("--eval-every", type=int, help="held-out evaluation every N steps")
+    p.add_argument("--eval-episodes", type=int, help="held-out episodes per evaluation")
+    p.add_argument("--num-envs", type=int, help="parallel env copies")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--max-turns", type=int, help="turn limit override")
+    p.add_argument("--sft-episodes", type=int, help="expert episodes for the shared SFT")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="any other TrainConfig field"
+    )
+    p.add_argument("--fresh", action="store_true", help="retrain runs that already exist")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_bench_algos)

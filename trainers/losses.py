@@ -1,0 +1,324 @@
+"""Token-level policy-gradient losses and the PPO-style update.
+
+The pieces are plain functions over tensors so each can be checked by hand:
+
+* :func:`ppo_clip_loss`: the clipped surrogate of PPO (Schulman et al. 2017, eq. 7) per token,
+  ``max(-A r, -A clip(r, 1-eps, 1+eps))``, with the optional dual clip of Ye et al. 2020
+  (for ``A < 0`` the loss is capped at ``-c A``, so a huge ratio on a bad token cannot blow up).
+* :func:`kl_k3`: the low-variance, always non-negative KL estimator
+  ``k3 = exp(ref - logp) - (ref - logp) - 1`` (Schulman, "Approximating KL divergence"),
+  zero exactly when policy and reference agree.
+* :func:`aggregate`: ``token-mean`` (every response token of the minibatch weighs the same) or
+  ``seq-mean-token-mean`` (each sequence's token mean, averaged over sequences).
+
+Micro-batching: a minibatch is split into micro-batches whose gradients accumulate. Each
+micro-batch's loss is divided by the token count (or sequence count) of the WHOLE minibatch, not
+its own, so batch 8 x accumulation 1 and batch 1 x accumulation 8 give the same loss and the
+same gradients (``tests/trainers/test_losses.py`` checks this).
+
+Samples are right-padded ``prompt + response`` rows; the logit at position ``t`` scores the token
+at ``t + 1``, and only response positions carry loss. Log-probs use ``logits / temperature``,
+the distribution the policy sampled from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+__all__ = [
+    "Sample",
+    "PPOConfig",
+    "ppo_clip_loss",
+    "kl_k3",
+    "aggregate",
+    "collate",
+    "token_logprobs",
+    "accumulate_gradients",
+    "ppo_update",
+    "make_optimizer",
+    "AGG_MODES",
+]
+
+AGG_MODES = ("token-mean", "seq-mean-token-mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One policy turn to learn from: prompt tokens, generated tokens, their behaviour log-probs
+    and the turn's advantage (broadcast to every response token)."""
+
+    prompt_ids: tuple[int, ...]
+    response_ids: tuple[int, ...]
+    old_logprobs: tuple[float, ...]
+    advantage: float
+
+    def __post_init__(self) -> None:
+        if len(self.response_ids) != len(self.old_logprobs):
+            raise ValueError(
+                f"a sample has {len(self.response_ids)} response tokens but "
+                f"{len(self.old_logprobs)} log-probs; they must align one to one"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """Loss and optimisation settings of one PPO-style update (see ``TrainConfig`` for docs)."""
+
+    clip_eps: float = 0.2
+    dual_clip: float | None = 3.0
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+    agg: str = "token-mean"
+    ppo_epochs: int = 1
+    minibatch_size: int = 16
+    micro_batch_size: int = 8
+    max_grad_norm: float = 1.0
+    temperature: float = 1.0
+    bf16: bool = True
+
+    def __post_init__(self) -> None:
+        if self.agg not in AGG_MODES:
+            raise ValueError(f"unknown loss aggregation {self.agg!r}: use one of {AGG_MODES}")
+        if self.dual_clip is not None and self.dual_clip <= 1.0:
+            raise ValueError(f"dual_clip must be > 1 (e.g. 3.0) or None, got {self.dual_clip}")
+        if self.micro_batch_size < 1 or self.minibatch_size < 1:
+            raise ValueError("minibatch_size and micro_batch_size must be >= 1")
+
+
+# -- per-token math -----------------------------------------------------------------------------
+def ppo_clip_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    *,
+    clip_eps: float = 0.2,
+    dual_clip: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token clipped surrogate loss (to minimise) and a 0/1 tensor "the clip was active"."""
+    ratio = torch.exp(logp - old_logp)
+    loss_unclipped = -adv * ratio
+    loss_clipped = -adv * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    loss = torch.maximum(loss_unclipped, loss_clipped)
+    clipped = (loss_clipped > loss_unclipped).float()
+    if dual_clip is not None:
+        cap = -adv * dual_clip
+        dual_active = (adv < 0) & (loss > cap)
+        loss = torch.where(dual_active, cap, loss)
+        clipped = torch.where(dual_active, torch.ones_like(clipped), clipped)
+    return loss, clipped
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(policy || reference); >= 0 and 0 where they agree."""
+    d = torch.clamp(ref_logp - logp, -20.0, 20.0)
+    return torch.exp(d) - d - 1.0
+
+
+def aggregate(
+    per_token: torch.Tensor, mask: torch.Tensor, mode: str, *, num_tokens: float, num_seqs: float
+) -> torch.Tensor:
+    """Sum a ``[B, T]`` per-token quantity into a scalar normalised by GLOBAL counts.
+
+    ``num_tokens`` / ``num_seqs`` are the counts of the whole minibatch, so summing this over
+    micro-batches gives the minibatch mean.
+    """
+    if mode == "token-mean":
+        return (per_token * mask).sum() / max(num_tokens, 1.0)
+    if mode == "seq-mean-token-mean":
+        per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+        return per_seq.sum() / max(num_seqs, 1.0)
+    raise ValueError(f"unknown loss aggregation {mode!r}: use one of {AGG_MODES}")
+
+
+# -- batches ------------------------------------------------------------------------------------
+def collate(samples: Sequence[Sample], pad_id: int, device: Any = "cpu") -> dict[str, torch.Tensor]:
+    """Right-pad ``prompt + response`` rows; per-token tensors are aligned to logit positions.
+
+    Returns ``input_ids``, ``attention_mask`` (``[B, L]``) and ``targets``, ``mask``,
+    ``old_logp``, ``adv`` (``[B, L-1]``: position ``t`` scores token ``t + 1``).
+    """
+    width = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+    n = len(samples)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    att = torch.zeros((n, width), dtype=torch.long)
+    mask = torch.zeros((n, width - 1))
+    old = torch.zeros((n, width - 1))
+    adv = torch.zeros((n, width - 1))
+    for i, s in enumerate(samples):
+        p, r = len(s.prompt_ids), len(s.response_ids)
+        ids[i, : p + r] = torch.tensor(list(s.prompt_ids) + list(s.response_ids))
+        att[i, : p + r] = 1
+        mask[i, p - 1 : p - 1 + r] = 1.0
+        old[i, p - 1 : p - 1 + r] = torch.tensor(s.old_logprobs, dtype=torch.float32)
+        adv[i, p - 1 : p - 1 + r] = s.advantage
+    batch = {
+        "input_ids": ids,
+        "attention_mask": att,
+        "targets": ids[:, 1:].clone(),
+        "mask": mask,
+        "old_logp": old,
+        "adv": adv,
+    }
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def token_logprobs(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``log p(targets)`` under ``logits / temperature`` (``[B, L-1]``), and the entropy."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    logits = logits[:, :-1, :].float()
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    ent = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
+    return logp, ent
+
+
+def _autocast(device: torch.device, bf16: bool) -> Any:
+    # bf16 autocast only on GPU: CPU bf16 matmuls are slow and change numerics for no gain here.
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# -- the update ---------------------------------------------------------------------------------
+def accumulate_gradients(
+    model: Any,
+    samples: Sequence[Sample],
+    cfg: PPOConfig,
+    *,
+    pad_id: int,
+    ref_model: Any = None,
+) -> dict[str, float]:
+    """Backward the loss of one minibatch in micro-batches (gradients add up in ``.grad``).
+
+    Returns the minibatch's loss terms (means over the minibatch).
+    """
+    device = next(model.parameters()).device
+    num_tokens = float(sum(len(s.response_ids) for s in samples))
+    num_seqs = float(len(samples))
+    stats = {
+        "loss": 0.0,
+        "pg_loss": 0.0,
+        "kl": 0.0,
+        "entropy": 0.0,
+        "clipfrac": 0.0,
+        "ratio_max": 0.0,
+    }
+    for start in range(0, len(samples), cfg.micro_batch_size):
+        micro = samples[start : start + cfg.micro_batch_size]
+        b = collate(micro, pad_id, device)
+        mask = b["mask"]
+
+        def agg(x: torch.Tensor, mask: torch.Tensor = mask) -> torch.Tensor:
+            return aggregate(x, mask, cfg.agg, num_tokens=num_tokens, num_seqs=num_seqs)
+
+        with _autocast(device, cfg.bf16):
+            logp, ent = token_logprobs(
+                model,
+                b["input_ids"],
+                b["attention_mask"],
+                b["targets"],
+                temperature=cfg.temperature,
+                with_entropy=True,
+            )
+        pg, clipped = ppo_clip_loss(
+            logp, b["old_logp"], b["adv"], clip_eps=cfg.clip_eps, dual_clip=cfg.dual_clip
+        )
+        loss = agg(pg)
+        ent_term = agg(ent) if ent is not None else torch.zeros(())
+        if cfg.entropy_coef:
+            loss = loss - cfg.entropy_coef * ent_term
+        kl_term = torch.zeros(())
+        if cfg.kl_coef and ref_model is not None:
+            with torch.no_grad(), _autocast(device, cfg.bf16):
+                ref_logp, _ = token_logprobs(
+                    ref_model,
+                    b["input_ids"],
+                    b["attention_mask"],
+                    b["targets"],
+                    temperature=cfg.temperature,
+                )
+            kl_term = agg(kl_k3(logp, ref_logp))
+            loss = loss + cfg.kl_coef * kl_term
+        loss.backward()
+        stats["loss"] += float(loss.detach())
+        stats["pg_loss"] += float(agg(pg).detach())
+        stats["kl"] += float(kl_term.detach())
+        stats["entropy"] += float(ent_term.detach())
+        stats["clipfrac"] += float(agg(clipped).detach())
+        ratio = torch.exp(logp.detach() - b["old_logp"]) * mask
+        stats["ratio_max"] = max(stats["ratio_max"], float(ratio.max()))
+    return stats
+
+
+def ppo_update(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    samples: Sequence[Sample],
+    cfg: PPOConfig,
+    *,
+    pad_id: int,
+    ref_model: Any = None,
+    rng: random.Random | None = None,
+) -> dict[str, float]:
+    """``ppo_epochs`` passes over shuffled minibatches; one optimizer step per minibatch.
+
+    Returns the mean of each loss term over minibatches, the last gradient norm and the
+    number of optimizer steps.
+    """
+    if not samples:
+        return {"optimizer_steps": 0.0}
+    rng = rng or random.Random(0)
+    model.train()
+    totals: dict[str, float] = {}
+    steps = 0
+    grad_norm = 0.0
+    params = [p for p in model.parameters() if p.requires_grad]
+    for _ in range(cfg.ppo_epochs):
+        order = list(range(len(samples)))
+        rng.shuffle(order)
+        for start in range(0, len(order), cfg.minibatch_size):
+            mb = [samples[i] for i in order[start : start + cfg.minibatch_size]]
+            optimizer.zero_grad(set_to_none=True)
+            stats = accumulate_gradients(model, mb, cfg, pad_id=pad_id, ref_model=ref_model)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            if math.isfinite(grad_norm):
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v
+            steps += 1
+    out = {k: v / steps for k, v in totals.items()}
+    out["grad_norm"] = grad_norm
+    out["optimizer_steps"] = float(steps)
+    return out
+
+
+def make_optimizer(model: Any, *, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters (no weight decay on biases and norms)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)

@@ -1,0 +1,197 @@
+"""Supervised warm start on expert trajectories.
+
+The env's expert (:class:`agentgym.policies.ExpertPolicy`) plays episodes through the normal
+:class:`~agentgym.pool.EnvPool` + :func:`~agentgym.rollout.rollout` path. A recording wrapper
+keeps, for every turn where the expert knew a move, the chat messages the policy would see
+(:func:`agentgym.policies.build_messages`, same history length) and the reply
+``<action>a</action>``. Training is next-token cross-entropy on the reply tokens only (the
+prompt's labels are ``-100``), averaged over all reply tokens of a batch, with the same
+micro-batching rule as the RL loss (normalise by the global token count).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from agentgym.policies import ExpertPolicy, PolicyOutput, TurnContext, build_messages
+
+__all__ = [
+    "SFTExample",
+    "collect_expert_pairs",
+    "encode_example",
+    "sft_train",
+    "IGNORE_INDEX",
+]
+
+IGNORE_INDEX = -100
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTExample:
+    """One supervised turn: ``input_ids`` = prompt + reply, ``labels`` = -100 on the prompt."""
+
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...]
+
+    @property
+    def num_targets(self) -> int:
+        return sum(lab != IGNORE_INDEX for lab in self.labels)
+
+
+class _PromptingExpert:
+    """ExpertPolicy whose outputs carry the turn's chat messages (``extras["messages"]``), so the
+    rollout stores each prompt next to the expert's action in the trajectory."""
+
+    needs_expert = True
+
+    def __init__(self, history_len: int, seed: int) -> None:
+        self.inner = ExpertPolicy(seed)
+        self.name = "expert"
+        self.history_len = history_len
+
+    def act(self, contexts: Sequence[TurnContext]) -> list[PolicyOutput]:
+        outs = self.inner.act(contexts)
+        for ctx, o in zip(contexts, outs):
+            o.extras["messages"] = build_messages(ctx, history_len=self.history_len)
+        return outs
+
+
+def collect_expert_pairs(
+    env_id: str,
+    *,
+    episodes: int,
+    seed: int = 0,
+    env_kwargs: dict[str, Any] | None = None,
+    history_len: int = 2,
+    num_envs: int = 4,
+    backend: str = "process",
+    only_won: bool = True,
+) -> tuple[list[tuple[list[dict[str, str]], str]], float]:
+    """Roll out the expert; return its (messages, action) pairs and its success rate.
+
+    Turns where the expert had no move (the fallback acted) are dropped; with ``only_won``, so
+    are the turns of episodes the expert did not win.
+    """
+    from agentgym.pool import EnvPool
+    from agentgym.rollout import rollout
+
+    policy = _PromptingExpert(history_len, seed)
+    with EnvPool(
+        env_id, num_envs=min(num_envs, episodes), backend=backend, env_kwargs=env_kwargs or {}
+    ) as pool:
+        trajs = rollout(
+            pool,
+            policy,
+            num_groups=episodes,
+            group_size=1,
+            seed=seed,
+            history_len=history_len,
+            run_id="sft",
+        )
+    trajs.sort(key=lambda t: int(t.id.rsplit("-g", 1)[1].split("-")[0]))
+    pairs = []
+    for t in trajs:
+        if only_won and not t.won:
+            continue
+        for turn in t.turns:
+            extras = turn.info.get("policy", {})
+            if "messages" in extras and not extras.get("expert_missing"):
+                pairs.append((extras["messages"], turn.action))
+    won = sum(t.won for t in trajs) / max(len(trajs), 1)
+    return pairs, won
+
+
+def encode_example(
+    tokenizer: Any, messages: list[dict[str, str]], action: str, *, max_prompt_tokens: int = 1024
+) -> SFTExample:
+    """Tokenise one turn: prompt (chat template + generation prompt) then ``<action>a</action>``
+    and eos; labels copy the reply ids and mask the prompt with -100."""
+    from agentgym.trainers.hf_policy import encode_prompt
+
+    prompt = encode_prompt(tokenizer, messages, max_prompt_tokens)
+    reply = tokenizer(f"<action>{action}</action>", add_special_tokens=False)["input_ids"]
+    reply = list(reply) + [tokenizer.eos_token_id]
+    return SFTExample(
+        input_ids=tuple(prompt + reply), labels=tuple([IGNORE_INDEX] * len(prompt) + reply)
+    )
+
+
+def sft_loss(model: Any, batch: Sequence[SFTExample], pad_id: int, num_targets: float) -> Any:
+    """Summed reply-token NLL of ``batch`` divided by ``num_targets`` (the global count)."""
+    import torch
+
+    device = next(model.parameters()).device
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    att = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        att[i, :n] = 1
+    ids, labels, att = ids.to(device), labels.to(device), att.to(device)
+    logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    ) / max(num_targets, 1.0)
+
+
+def sft_train(
+    model: Any,
+    examples: Sequence[SFTExample],
+    *,
+    pad_id: int,
+    epochs: int = 3,
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    micro_batch_size: int = 8,
+    max_grad_norm: float = 1.0,
+    seed: int = 0,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``model`` on ``examples``; return the loss of every optimizer step."""
+    import torch
+
+    from agentgym.trainers.losses import make_optimizer
+
+    if not examples:
+        raise ValueError("no SFT examples: the expert produced no moves (does the env have one?)")
+    rng = random.Random(seed)
+    opt = make_optimizer(model, lr=lr, weight_decay=0.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    total_steps = epochs * -(-len(examples) // batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min(1.0, (s + 1) / max(1, total_steps // 10)) * max(0.05, 1 - s / total_steps),
+    )
+    model.train()
+    losses: list[float] = []
+    step = 0
+    for _ in range(epochs):
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for start in range(0, len(order), batch_size):
+            batch = [examples[i] for i in order[start : start + batch_size]]
+            n = float(sum(e.num_targets for e in batch))
+            total = 0.0
+            for m in range(0, len(batch), micro_batch_size):
+                loss = sft_loss(model, batch[m : m + micro_batch_size], pad_id, n)
+                loss.backward()
+                total += float(loss.detach())
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(total)
+            step += 1
+            if on_step is not None:
+                on_step(step, total)
+    model.eval()
+    return losses
