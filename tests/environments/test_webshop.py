@@ -1,0 +1,408 @@
+"""WebShop text mode: reward terms by hand, conformance, expert/random play, data, search, CLI."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tantivy")
+pytest.importorskip("rapidfuzz")
+
+import agentgym  # noqa: E402
+from agentgym.environments.webshop.data import Goal, Product, load_catalog  # noqa: E402
+from agentgym.environments.webshop.nouns import title_nouns  # noqa: E402
+from agentgym.environments.webshop.reward import (  # noqa: E402
+    attribute_matches,
+    compute_reward,
+    normalize_color,
+    option_matches,
+    type_reward,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory):
+    with pytest.MonkeyPatch.context() as mp_:
+        mp_.setenv("AGENTGYM_CACHE", str(tmp_path_factory.mktemp("agentgym-cache")))
+        mp_.delenv("WEBSHOP_DATA", raising=False)
+        yield
+
+
+# -- reward, by hand --------------------------------------------------------------------------
+def _product(**kw) -> Product:
+    base = dict(
+        asin="B0TEST0001",
+        title="Acme Cotton Jogger Pants for Men, Elastic Waist",
+        query="pants",
+        category="clothing",
+        product_category="Clothing › Men › Pants",
+        description="Comfortable pants with deep pockets.",
+        bullet_points=("Machine wash", "Quick drying fabric"),
+        attributes=("slim fit", "polyester spandex"),
+        options={"color": ("navy blue", "black"), "size": ("small", "large")},
+        pricing=(25.0,),
+        price=25.0,
+        price_tag="$25.0",
+    )
+    base.update(kw)
+    return Product(**base)
+
+
+def _goal(**kw) -> Goal:
+    base = dict(
+        goal_id="B0TEST0001:0",
+        asin="B0TEST0001",
+        instruction_text="i need jogger pants",
+        attributes=("elastic waist", "machine wash", "slim fit", "hand wash"),
+        goal_options={"color": "dark blue", "size": "x-large"},
+        price_upper=30.0,
+        query="pants",
+        category="clothing",
+        product_category="Clothing › Men › Pants",
+        name="Acme Cotton Jogger Pants for Men, Elastic Waist",
+    )
+    base.update(kw)
+    return Goal(**base)
+
+
+def test_attribute_via_title_bullets_and_fuzzy_attribute() -> None:
+    p = _product()
+    assert attribute_matches(p, ["elastic waist"]) == 1  # substring of the title
+    assert attribute_matches(p, ["machine wash"]) == 1  # substring of a bullet point
+    assert attribute_matches(p, ["deep pockets"]) == 1  # substring of the description
+    assert attribute_matches(p, ["fit slim"]) == 1  # token_set_ratio 100 with "slim fit"
+    assert attribute_matches(p, ["hand wash"]) == 0
+    assert attribute_matches(p, ["elastic waist", "machine wash", "slim fit", "hand wash"]) == 3
+
+
+def test_options_color_normalisation_fuzzy_and_exact_size() -> None:
+    from rapidfuzz import fuzz
+
+    p = _product()
+    assert normalize_color("navy blue") == normalize_color("dark blue") == "blue"
+    assert normalize_color("small") == "small"
+    # colour: both normalise to "blue" -> match
+    assert option_matches(p, ["dark blue"], {"color": "navy blue"}) == 1
+    # fuzzy (non-size option): "lavender" vs "fresh lavender" has token_set_ratio 100
+    assert fuzz.token_set_ratio("fresh lavender", "lavender") > 85
+    assert option_matches(p, ["fresh lavender"], {"scent": "lavender"}) == 1
+    # size is exact: "large" is not "x-large" (and the text fallback finds no "large")
+    assert option_matches(p, ["x-large"], {"size": "large"}) == 0
+    assert option_matches(p, ["large"], {"size": "large"}) == 1
+    # the same pair under a fuzzy option name would also miss (ratio 83.3 <= 85)
+    assert fuzz.token_set_ratio("x-large", "large") <= 85
+    # an unmatched option still counts when it appears in the text (title has "cotton")
+    assert option_matches(p, ["wool"], {"material": "cotton"}) == 1
+    # capped at the number of goal options
+    assert option_matches(p, ["dark blue"], {"color": "navy blue", "material": "cotton"}) == 1
+
+
+def test_price_cap_term() -> None:
+    p, g = _product(), _goal(attributes=("slim fit",), goal_options={})
+    assert compute_reward(p, g, {}).reward == pytest.approx(1.0)  # 25 <= 30
+    low = compute_reward(p, _goal(attributes=("slim fit",), goal_options={}, price_upper=20.0), {})
+    assert not low.price_ok and low.reward == pytest.approx(1 / 2)
+    assert compute_reward(p, g, {}, price=30.0).price_ok  # the cap itself is allowed
+
+
+def test_full_reward_hand_computed() -> None:
+    info = compute_reward(_product(), _goal(), {"color": "navy blue", "size": "large"})
+    # attributes 3/4, options 1/2 (color yes, size no), price yes -> (3 + 1 + 1) / (4 + 2 + 1)
+    assert (info.n_attributes_matched, info.n_options_matched, info.price_ok) == (3, 1, True)
+    assert info.r_type == 1.0
+    assert info.reward == pytest.approx(5 / 7)
+
+
+def test_r_type_branches() -> None:
+    goal_name = "Acme Cotton Jogger Pants Men"
+    assert title_nouns(goal_name) == ["acme", "cotton", "jogger", "pants", "men"]
+    other = "Zeta Wool Pants Women Kids"  # shares 1 of 5 goal nouns -> title_score 0.2
+    assert title_nouns(other) == ["zeta", "wool", "pants", "women", "kids"]
+    g = _goal(name=goal_name, query="pants", product_category="A › B › C")
+
+    # 1.0 by query match alone
+    t = type_reward(_product(title=other, query="pants", product_category="X › Y › Z"), g)
+    assert (t["r_type"], t["query_match"], t["title_score"]) == (1.0, True, 0.2)
+    # 1.0 by category match alone (two shared levels, order ignored)
+    t = type_reward(_product(title=other, query="jeans", product_category="B › A › Q"), g)
+    assert (t["r_type"], t["category_match"]) == (1.0, True)
+    # one shared level is not enough -> 0.5 (title score 0.2 is not > 0.2)
+    t = type_reward(_product(title=other, query="jeans", product_category="A › Q › R"), g)
+    assert (t["r_type"], t["category_match"]) == (0.5, False)
+    # 1.0 by title nouns alone (> 20% shared)
+    t = type_reward(_product(title="Acme Cotton Hat", query="hats", product_category="X"), g)
+    assert t["title_score"] == pytest.approx(0.4) and t["r_type"] == 1.0
+    # 0.1: under 10% of the goal nouns (1 of 11), even with the query matching
+    long_name = "Acme Cotton Jogger Pants Men Pocket Waist Strap Belt Zipper Hood"
+    assert len(title_nouns(long_name)) == 11
+    t = type_reward(_product(title="Zeta Hood", query="pants"), _goal(name=long_name))
+    assert t["title_score"] == pytest.approx(1 / 11) and t["r_type"] == 0.1
+    # 0.0: no goal noun in the bought title, whatever else matches
+    t = type_reward(_product(title="Zeta Wool Hat"), g)
+    assert t["title_score"] == 0.0 and t["r_type"] == 0.0
+    # r_type scales the whole reward
+    info = compute_reward(
+        _product(title=other, query="jeans", product_category="A › Q"),
+        _goal(name=goal_name, attributes=("slim fit",), goal_options={}),
+        {},
+    )
+    assert info.r_type == 0.5 and info.reward == pytest.approx(0.5)
+
+
+# -- the env ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("env_id", ["webshop/Text-v0", "webshop/TextDev-v0", "webshop/TextTest-v0"])
+def test_check_env(env_id: str) -> None:
+    agentgym.check_env(agentgym.make(env_id))
+
+
+def _play(env, policy, seed: int) -> tuple[float, bool, int]:
+    obs, _ = env.reset(seed=seed)
+    turns = 0
+    while True:
+        obs, r, term, trunc, info = env.step(policy(env, obs))
+        turns += 1
+        if term or trunc:
+            return r, info["won"], turns
+
+
+def test_expert_wins_and_random_rarely() -> None:
+    env = agentgym.make("webshop/TextTest-v0")
+    expert = [_play(env, lambda e, o: e.expert_action(), s) for s in range(40)]
+    assert sum(w for _, w, _ in expert) / 40 >= 0.95
+    assert all(t <= 15 for _, _, t in expert)
+    # random clicker: searches the instruction, then clicks uniformly at random
+    rng = random.Random(0)
+
+    def random_clicker(e, o):
+        if o.admissible_actions == ("search[<your query>]",):
+            return f"search[{o.task}]"
+        return rng.choice(o.admissible_actions)
+
+    env40 = agentgym.make("webshop/TextTest-v0", max_turns=40)
+    rand = [_play(env40, random_clicker, s) for s in range(40)]
+    assert sum(w for _, w, _ in rand) / 40 <= 0.1
+    assert sum(r > 0 for r, _, _ in rand) >= 1  # it does buy things
+    env40.close()
+    env.close()
+
+
+def test_page_flow_invalid_actions_and_anchors() -> None:
+    env = agentgym.make("webshop/Text-v0", max_turns=100)
+    obs, info = env.reset(seed=7)
+    assert obs.admissible_actions == ("search[<your query>]",)
+    assert obs.anchor.endswith("|search") and info["task_id"].startswith("train/")
+    for bad in (
+        "click[buy now]",
+        "search[]",
+        "buy the thing",
+        "click[search]",
+        obs.admissible_actions[0],
+    ):
+        o, r, te, tr, i = env.step(bad)
+        assert not i["valid"] and not te and r == 0.0 and o.anchor == obs.anchor
+    o, *_ = env.step("search[Cotton Pants for Men]")
+    assert "Page 1 (Total results: 50)" in o.text
+    assert "click[next >]" in o.admissible_actions and "click[< prev]" not in o.admissible_actions
+    products = [a for a in o.admissible_actions if a.startswith("click[b0")]
+    assert len(products) == 10
+    o, _, _, _, i = env.step("search[shoes]")
+    assert not i["valid"] and "back to search" in o.text
+    for _ in range(4):
+        o, *_ = env.step("click[next >]")
+    assert "Page 5" in o.text and "click[next >]" not in o.admissible_actions
+    o, *_ = env.step("click[< prev]")
+    assert "Page 4" in o.text
+    results_anchor = o.anchor
+    products = [a for a in o.admissible_actions if a.startswith("click[b0")]
+    o, *_ = env.step("click[" + products[0][6:-1].upper() + "]")  # case-insensitive
+    assert "|item|" in o.anchor and "click[buy now]" in o.admissible_actions
+    assert {"click[description]", "click[features]", "click[reviews]"} <= set(o.admissible_actions)
+    item_anchor = o.anchor
+    o, *_ = env.step("click[features]")
+    assert "|features|" in o.anchor
+    o, *_ = env.step("click[< prev]")
+    assert o.anchor == item_anchor
+    opt = next(
+        (
+            a
+            for a in o.admissible_actions
+            if a
+            not in {
+                "click[back to search]",
+                "click[< prev]",
+                "click[description]",
+                "click[features]",
+                "click[reviews]",
+                "click[buy now]",
+            }
+        ),
+        None,
+    )
+    if opt is not None:
+        o2, *_ = env.step(opt)
+        assert o2.anchor != item_anchor and "opts=" in o2.anchor
+    o, *_ = env.step("click[< prev]")
+    assert o.anchor == results_anchor
+    o, r, te, tr, i = env.step("click[back to search]")
+    assert o.anchor == obs.anchor and not te
+    env.close()
+
+
+def test_same_state_same_anchor_across_copies() -> None:
+    a, b = agentgym.make("webshop/Text-v0"), agentgym.make("webshop/Text-v0")
+    oa, _ = a.reset(seed=3)
+    ob, _ = b.reset(seed=3)
+    assert oa == ob
+    for _ in range(3):
+        act = a.expert_action()
+        oa, *_ = a.step(act)
+        ob, *_ = b.step(act)
+        assert oa.anchor == ob.anchor and oa.text == ob.text
+    a.close()
+    b.close()
+
+
+def test_task_option_and_bad_task() -> None:
+    env = agentgym.make("webshop/TextTest-v0")
+    o, info = env.reset(options={"task": 3})
+    assert info["task_id"].startswith("test/3:")
+    o2, info2 = env.reset(options={"task": info["goal_id"]})
+    assert info2["task_id"] == info["task_id"]
+    with pytest.raises(ValueError, match="out of range"):
+        env.reset(options={"task": 10_000})
+    env.close()
+    with pytest.raises(ValueError, match="unknown goal split"):
+        agentgym.make("webshop/Text-v0", split="validation")
+
+
+# -- data -------------------------------------------------------------------------------------
+def test_generated_catalog_is_deterministic_fast_and_split() -> None:
+    from agentgym.environments.webshop.data import _cached
+
+    t0 = time.perf_counter()
+    c1 = _cached.__wrapped__(None, 5, 3000, True)
+    elapsed = time.perf_counter() - t0
+    c2 = _cached.__wrapped__(None, 5, 3000, True)
+    assert elapsed < 15  # ~3 s measured on 2 cores
+    assert c1.digest == c2.digest and c1.goals == c2.goals
+    assert len(c1.products) == 3000 and len({p.category for p in c1.products}) >= 8
+    assert len({p.product_category for p in c1.products}) >= 50
+    assert len(c1.split("test")) == 500 and len(c1.split("dev")) == 1000
+    assert len(c1.split("train")) == len(c1.goals) - 1500 > 1000
+    assert sum(bool(p.options) for p in c1.products) / 3000 > 0.9
+    g = c1.goals[0]
+    assert g.price_upper > c1.by_asin[g.asin].price
+    assert set(g.attributes) <= set(c1.by_asin[g.asin].attributes)
+    assert "price lower than" in g.instruction_text
+
+
+def test_official_format_files_load_and_play(tmp_path: Path) -> None:
+    from agentgym.environments.webshop.generate import write_official_files
+
+    d = write_official_files(tmp_path / "data", seed=11, num_products=60)
+    products = json.loads((d / "items_shuffle.json").read_text())
+    assert {
+        "asin",
+        "name",
+        "full_description",
+        "small_description",
+        "pricing",
+        "customization_options",
+        "product_category",
+        "query",
+        "category",
+    } <= set(products[0])
+    assert "›" in products[0]["product_category"]
+    assert any(len(p["pricing"].split("$")) == 3 for p in products)  # a "$a$b" range
+    # drop the generator's extra key: official human instructions have no option names
+    human = json.loads((d / "items_human_ins.json").read_text())
+    for ins in human.values():
+        for x in ins:
+            x.pop("instruction_option_names")
+    (d / "items_human_ins.json").write_text(json.dumps(human))
+    cat = load_catalog(d)
+    assert cat.source == str(d.resolve()) and len(cat.products) == 60
+    assert all(k.startswith("option_") for g in cat.goals for k in g.goal_options)
+    env = agentgym.make("webshop/Text-v0", data_dir=str(d), split="all")
+    won = 0
+    for s in range(5):
+        r, w, _ = _play(env, lambda e, o: e.expert_action(), s)
+        won += w
+    assert won == 5
+    env.close()
+    with pytest.raises(FileNotFoundError, match="items_shuffle"):
+        load_catalog(tmp_path / "empty")
+
+
+# -- search -----------------------------------------------------------------------------------
+def test_search_relevance_and_shared_cached_index() -> None:
+    from agentgym.environments.webshop.search import SEARCH_RETURN_N, build_index, get_index
+
+    cat = load_catalog()
+    idx = get_index(cat)
+    assert get_index(cat) is idx  # one searcher per catalog per process
+    hits = idx.search("dog bed")
+    assert len(hits) == SEARCH_RETURN_N
+    top = [cat.by_asin[a].title.lower() for a in hits[:10]]
+    assert all("dog bed" in t for t in top), top
+    assert idx.search("   !!! ") == ()
+    assert idx.search('AND OR "unbalanced') is not None  # query syntax never raises
+    rank = []
+    for g in cat.split("test")[:50]:
+        h = idx.search(g.instruction_text)
+        rank.append(h.index(g.asin) if g.asin in h else 99)
+    assert sum(r < 10 for r in rank) / len(rank) >= 0.9
+    assert build_index(cat) == idx.path  # cached: not rebuilt
+    assert not [p for p in idx.path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def _build_in_child(cache: str, q: mp.Queue) -> None:
+    import os
+
+    os.environ["AGENTGYM_CACHE"] = cache
+    from agentgym.environments.webshop.data import load_catalog as lc
+    from agentgym.environments.webshop.search import build_index
+
+    q.put(str(build_index(lc(num_products=400))))
+
+
+def test_concurrent_index_builds_agree(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_build_in_child, args=(str(tmp_path), q)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    paths = {q.get(timeout=120) for _ in procs}
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert len(paths) == 1
+    folder = Path(paths.pop())
+    assert (folder / "meta.json").exists()
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no temp leftovers
+
+
+# -- noun tagger, CLI -------------------------------------------------------------------------
+def test_noun_tagger_agreement_with_gold() -> None:
+    from agentgym.environments.webshop.nouns_eval import evaluate
+
+    m = evaluate(num_products=3000, n_goals=100)
+    assert m["noun_precision"] >= 0.9 and m["noun_recall"] >= 0.9
+    assert m["r_type_agreement"] >= 0.95
+
+
+def test_cli_build_index_and_generate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agentgym.cli import main
+
+    assert main(["webshop", "build-index", "--num-products", "200"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["products"] == 200 and Path(out["index"]).is_dir()
+    assert main(["webshop", "generate", str(tmp_path / "g"), "--num-products", "20"]) == 0
+    assert (tmp_path / "g" / "items_ins_v2.json").exists()
+    assert main(["envs", "--family", "webshop"]) == 0
+    assert "webshop/GUI-v0" in capsys.readouterr().out
