@@ -25,7 +25,9 @@ readers skip a torn last line.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -129,7 +131,12 @@ def _json_default(o: Any) -> Any:
 
 
 class TrajectoryWriter:
-    """Appends trajectories to a JSONL file, one atomic ``write`` per line."""
+    """Appends trajectories to a JSONL file, one atomic ``write`` per line.
+
+    Several processes may append to one file: each line is written under an exclusive
+    ``flock``, so the torn-tail check of a writer that opens meanwhile never sees another
+    writer's line half-written.
+    """
 
     def __init__(self, path: str | os.PathLike[str], *, fsync: bool = False) -> None:
         self.path = Path(path)
@@ -141,19 +148,29 @@ class TrajectoryWriter:
     def _repair_torn_tail(self) -> None:
         # A process killed mid-write can leave a last line without "\n"; start on a fresh line so
         # the next record is not glued to the torn one.
-        size = os.path.getsize(self.path)
-        if size:
-            with open(self.path, "rb") as f:
-                f.seek(size - 1)
-                if f.read(1) != b"\n":
-                    os.write(self._fd, b"\n")  # type: ignore[arg-type]
+        with self._locked():
+            size = os.path.getsize(self.path)
+            if size:
+                with open(self.path, "rb") as f:
+                    f.seek(size - 1)
+                    if f.read(1) != b"\n":
+                        os.write(self._fd, b"\n")  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)  # type: ignore[arg-type]
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)  # type: ignore[arg-type]
 
     def write(self, traj: Trajectory | dict[str, Any]) -> None:
         if self._fd is None:
             raise ValueError(f"TrajectoryWriter for {self.path} is closed")
         d = traj.to_dict() if isinstance(traj, Trajectory) else traj
         data = (_dumps(d) + "\n").encode()
-        n = os.write(self._fd, data)
+        with self._locked():
+            n = os.write(self._fd, data)
         if n != len(data):  # pragma: no cover - regular files write fully
             raise OSError(f"short write to {self.path}")
         if self._fsync:

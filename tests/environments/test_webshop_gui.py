@@ -122,6 +122,10 @@ def test_check_env_gui() -> None:
     agentgym.check_env(agentgym.make("webshop/GUITest-v0", screenshot=False))
 
 
+def _children() -> set[int]:
+    return {k.pid for k in psutil.Process().children(recursive=True)}
+
+
 def _footprint() -> tuple[int, float]:
     me = psutil.Process()
     kids = me.children(recursive=True)
@@ -135,9 +139,11 @@ def _footprint() -> tuple[int, float]:
 def _soak(n: int, recycle_every: int) -> dict[str, float]:
     gc.collect()
     kids0, rss0 = _footprint()
+    before = _children()
     env = agentgym.make("webshop/GUITest-v0", viewport=(800, 600), recycle_every=recycle_every)
     env.reset(seed=0)
     launched = _footprint()[0]
+    ours = _children() - before  # the driver and browser this env started
     assert launched > kids0, "the soak env should start its own browser"
     won = 0
     samples = []
@@ -155,6 +161,8 @@ def _soak(n: int, recycle_every: int) -> dict[str, float]:
     env.close()
     gc.collect()
     kids1, rss1 = _footprint()
+    # Processes other tests left behind may exit meanwhile; only this env's own must be gone.
+    survivors = sorted(ours & _children())
     stats = {
         "episodes": n,
         "won": won,
@@ -166,10 +174,13 @@ def _soak(n: int, recycle_every: int) -> dict[str, float]:
         "rss_mb_before": round(rss0),
         "rss_mb_after_close": round(rss1),
         "live_sessions": sessions,
+        "own_survivors": survivors,
     }
     print("webshop GUI soak:", stats)
     assert won >= 0.95 * n
-    assert kids1 == kids0, "browser or driver processes outlived close()"
+    assert ours, "the soak env should start its own browser"
+    assert not survivors, f"browser or driver processes {survivors} outlived close()"
+    assert kids1 <= kids0
     # a replaced context's renderer may exit a moment late: allow a little slack
     assert max(stats["children_during"]) <= launched + 2, "process count grew across episodes"
     assert sessions <= 1  # each finished episode's session is dropped

@@ -3,7 +3,7 @@
 The env here is a small deterministic game defined in this file (real engine code, no mocks):
 a corridor of rooms, each with three coloured doors; a sign in every room names the right door.
 An expert reads the sign; a random policy rarely gets through. It registers as
-``testgym/Signs-v0`` and the CLI test imports this module with ``--env-modules test_train``.
+``test/Signs-v0`` and the CLI test imports this module with ``--env-modules test_train``.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ class SignEnv(Env):
         return f"open {self.path[self.room]} door"
 
 
-agentgym.register("testgym/Signs-v0", "test_train:SignEnv", max_turns=4, override=True)
+agentgym.register("test/Signs-v0", "test_train:SignEnv", max_turns=4, override=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def test_env_passes_the_checker():
-    with agentgym.make("testgym/Signs-v0") as env:
+    with agentgym.make("test/Signs-v0") as env:
         agentgym.check_env(env)
 
 
@@ -193,7 +193,7 @@ def tiny_model(tmp_path_factory):
 def _small(out: Path, model: str, **kw: Any) -> TrainConfig:
     base = dict(
         out=str(out),
-        env="testgym/Signs-v0",
+        env="test/Signs-v0",
         env_kwargs={"rooms": 1},
         backend="sync",
         num_envs=4,
@@ -265,7 +265,7 @@ def test_agentgym_train_cli_end_to_end(tmp_path):
         "HF_HUB_OFFLINE": "1",
     }
     flags = shlex.split(
-        "--env testgym/Signs-v0 --env-modules test_train --num-envs 1 --backend sync --tiny-hidden-size 32 "
+        "--env test/Signs-v0 --env-modules test_train --num-envs 1 --backend sync --tiny-hidden-size 32 "
         "--tiny-vocab-size 320 --corpus-episodes 4 --sft-episodes 4 --sft-epochs 2 --steps 2 "
         "--groups-per-step 2 --group-size 2 --max-new-tokens 6 --eval-episodes 2 --eval-every 1 "
         "--save-every 1 --minibatch-size 8 --micro-batch-size 8 --algo grpo --json --no-progress"
@@ -297,4 +297,4 @@ def test_agentgym_train_cli_end_to_end(tmp_path):
     assert any("eval/success" in r and r["step"] == 1 for r in recs)
     assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
     trajs = agentgym.read_trajectories(out / "trajectories.jsonl")
-    assert len(trajs) == 2 * 2 * 2 and all(t.env == "testgym/Signs-v0" for t in trajs)
+    assert len(trajs) == 2 * 2 * 2 and all(t.env == "test/Signs-v0" for t in trajs)
