@@ -1,0 +1,524 @@
+"""The Ray backend of :class:`~agentgym.pool.EnvPool`: env workers as Ray actors.
+
+``EnvPool(env, num_envs, backend="ray", ray_options={...})`` builds one :class:`RayWorker` per
+worker slot. Each worker is a Ray actor that hosts several envs in one
+:class:`~agentgym.pool._EnvHost` (the same host the process backend runs), so the pool logic,
+the batching (one actor call per worker per step) and the crash semantics are shared.
+
+Design:
+
+* **Connection.** :func:`ensure_ray` connects on demand. An existing connection (``ray.init``
+  called by the program) is used as is; ``address=`` or the ``RAY_ADDRESS`` environment variable
+  (``auto`` for a cluster started with ``ray start`` on this machine, ``HOST:6379`` for a remote
+  head) connects to a running cluster; otherwise a private local instance is started with no
+  dashboard, a small object store and no worker logs copied to the driver.
+* **Resources.** An actor asks for ``num_cpus=0.01`` by default. Env steps are short and mostly
+  wait on the policy, and actors holding whole CPUs deadlock the scheduler on small machines
+  (a 2-core box cannot place a third 1-CPU actor). Actors are spread over nodes
+  (``scheduling_strategy="SPREAD"``).
+* **Waiting without polling.** Each command's ``ObjectRef`` gets a completion callback that writes
+  one byte into a pipe; :meth:`RayWorker.wait_objects` returns the pipe's read end, so the pool's
+  ``multiprocessing.connection.wait`` sleeps until an answer arrives, exactly as with processes.
+* **Failures.** Actors are created with ``max_restarts=0``: a restarted actor would have lost its
+  envs' state anyway. When an actor dies (its process is killed, its node goes away) its pending
+  call fails; :meth:`RayWorker.result` raises :class:`ActorDied` (an ``EOFError``), ``alive()``
+  turns False, and the pool replaces the worker and marks its episodes crashed.
+* **Shutdown.** :meth:`RayWorker.kill` closes the envs (when the actor is idle) and ``ray.kill``\\s
+  the actor, which ends its worker process. The Ray instance itself belongs to whoever started
+  it: :func:`shutdown` (or ``ray.shutdown()``, which Ray also runs at interpreter exit) stops a
+  local instance started here, with its raylet, GCS and idle workers. Actors are owned by the
+  driver, so if the driver dies Ray kills them too.
+* **Imports in actors.** The driver's ``sys.path`` entries that the actor lacks are appended in
+  the actor (what ``spawn`` does for the process backend), so an env whose module sits next to
+  the driver script (or in ``tests/``) imports on a local cluster. On other nodes the env's code
+  must be installed, or shipped with ``runtime_env={"working_dir": ...}``.
+
+Run ``python -m agentgym.ray_pool --help`` for the memory benchmark that compares the backends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+try:
+    import ray
+except ImportError as e:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "EnvPool(backend='ray') needs Ray: pip install 'agentgym[ray]' (or pip install ray)"
+    ) from e
+
+from agentgym.pool import Answer, Batch, _EnvHost
+from agentgym.registration import EnvSpec
+
+__all__ = ["RayWorker", "ActorDied", "ensure_ray", "shutdown", "DEFAULT_OBJECT_STORE_BYTES"]
+
+#: Object store of a local instance started by :func:`ensure_ray`. Observations are small; large
+#: ones (screenshots) still fit, and a small store keeps a laptop's shared memory free.
+DEFAULT_OBJECT_STORE_BYTES = 128 * 1024**2
+
+_started_here = False
+_init_lock = threading.Lock()
+
+
+class ActorDied(EOFError):
+    """The actor hosting a worker's envs is gone; the pool replaces it (an ``EOFError``)."""
+
+
+def ensure_ray(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    object_store_memory: int | None = DEFAULT_OBJECT_STORE_BYTES,
+    log_to_driver: bool = False,
+    init_kwargs: Mapping[str, Any] | None = None,
+) -> bool:
+    """Make sure this process is connected to Ray; return True if it started an instance here.
+
+    Order: an existing connection wins (nothing is changed); then ``address`` or
+    ``$RAY_ADDRESS`` (connect to a running cluster); otherwise a private local instance with
+    ``num_cpus`` (default: all cores) and a small object store. ``init_kwargs`` go to
+    ``ray.init`` as they are.
+    """
+    global _started_here
+    with _init_lock:
+        if ray.is_initialized():
+            return False
+        kwargs: dict[str, Any] = {
+            "log_to_driver": log_to_driver,
+            "logging_level": "WARNING",
+            "include_dashboard": False,
+        }
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if address:
+            kwargs["address"] = address
+        else:
+            # "local" starts a fresh instance even when `ray start` runs on this machine: the
+            # pool never joins a cluster it was not pointed at.
+            kwargs["address"] = "local"
+            kwargs["num_cpus"] = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
+            if object_store_memory is not None:
+                kwargs["object_store_memory"] = int(object_store_memory)
+        kwargs.update(init_kwargs or {})
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as e:
+            if kwargs["address"] == "local":
+                raise
+            raise ConnectionError(
+                f"could not connect to the Ray cluster at {kwargs['address']!r} ({e}). Check the "
+                "address (`ray status` on the head prints it). A cluster with token "
+                "authentication (Ray's default) also needs RAY_AUTH_MODE=token here and its "
+                "token in ~/.ray/auth_token or $RAY_AUTH_TOKEN."
+            ) from e
+        _started_here = kwargs["address"] == "local"
+        return _started_here
+
+
+def shutdown() -> None:
+    """Disconnect from Ray; a local instance started by :func:`ensure_ray` stops with it.
+
+    Pools should be closed first (their actors are killed then; ``ray.shutdown`` would end them
+    anyway, together with every other actor of this driver).
+    """
+    global _started_here
+    with _init_lock:
+        if ray.is_initialized():
+            ray.shutdown()
+        _started_here = False
+
+
+class _EnvActor:
+    """The actor body: an :class:`_EnvHost` plus the calls the driver makes."""
+
+    def __init__(
+        self, env_spec: EnvSpec, n: int, env_kwargs: dict[str, Any], sys_path: list[str]
+    ) -> None:
+        for p in sys_path:
+            if p not in sys.path and os.path.isdir(p):
+                sys.path.append(p)
+        self.host = _EnvHost(env_spec, n, env_kwargs)
+
+    def ready(self) -> tuple[int, str]:
+        import socket
+
+        return os.getpid(), socket.gethostname()
+
+    def run(self, batch: Batch) -> Answer:
+        return self.host.run(batch)
+
+    def close(self) -> None:
+        self.host.close()
+
+
+_remote_actor: Any = None
+
+
+def _actor_class() -> Any:
+    global _remote_actor
+    if _remote_actor is None:
+        _remote_actor = ray.remote(max_restarts=0, max_task_retries=0)(_EnvActor)
+    return _remote_actor
+
+
+class RayWorker:
+    """A :class:`~agentgym.pool.WorkerHandle` whose worker is a Ray actor hosting ``n`` envs.
+
+    Built by ``EnvPool(..., backend="ray", ray_options=...)``; the keyword arguments below are
+    the accepted ``ray_options``.
+
+    Args:
+        address: Ray cluster to connect to (default: ``$RAY_ADDRESS``, else a local instance).
+        num_cpus: CPUs the actor reserves (fractional; default 0.01, see the module docstring).
+        memory: bytes of memory to reserve per actor (Ray's ``memory`` resource), if any.
+        resources: custom resources per actor, e.g. ``{"textworld": 1}`` to pin to tagged nodes.
+        scheduling_strategy: Ray scheduling strategy (default ``"SPREAD"`` over nodes).
+        runtime_env: Ray runtime env of the actor (ship code with ``{"working_dir": ...}``).
+        start_timeout: seconds to wait for the actor to build its envs.
+        propagate_sys_path: append the driver's missing ``sys.path`` entries in the actor.
+        object_store_memory, log_to_driver, init_kwargs: for a local instance (:func:`ensure_ray`).
+    """
+
+    def __init__(
+        self,
+        env_spec: EnvSpec,
+        n: int,
+        env_kwargs: Mapping[str, Any],
+        *,
+        address: str | None = None,
+        num_cpus: float = 0.01,
+        memory: int | None = None,
+        resources: Mapping[str, float] | None = None,
+        scheduling_strategy: Any = "SPREAD",
+        runtime_env: Mapping[str, Any] | None = None,
+        start_timeout: float = 300.0,
+        propagate_sys_path: bool = True,
+        object_store_memory: int | None = DEFAULT_OBJECT_STORE_BYTES,
+        log_to_driver: bool = False,
+        init_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if num_cpus < 0:
+            raise ValueError(f"ray_options num_cpus must be >= 0, got {num_cpus}")
+        ensure_ray(
+            address,
+            object_store_memory=object_store_memory,
+            log_to_driver=log_to_driver,
+            init_kwargs=init_kwargs,
+        )
+        self.spec = env_spec
+        self.n = n
+        opts: dict[str, Any] = {"num_cpus": num_cpus, "scheduling_strategy": scheduling_strategy}
+        if memory is not None:
+            opts["memory"] = int(memory)
+        if resources:
+            opts["resources"] = dict(resources)
+        if runtime_env:
+            opts["runtime_env"] = dict(runtime_env)
+        sys_path = list(sys.path) if propagate_sys_path else []
+        self.actor = _actor_class().options(**opts).remote(env_spec, n, dict(env_kwargs), sys_path)
+        self._dead = False
+        self._rfd, self._wfd = os.pipe()
+        self._lock = threading.Lock()
+        self._gen = 0
+        self._future: Any = None
+        try:
+            self.pid, self.node = ray.get(self.actor.ready.remote(), timeout=start_timeout)
+        except ray.exceptions.GetTimeoutError:
+            self.kill(graceful=False)
+            raise RuntimeError(
+                f"the Ray actor for {env_spec.id} did not start within {start_timeout}s: the "
+                "cluster may lack resources for it (lower ray_options num_cpus/memory, or check "
+                "`ray status`); raise ray_options start_timeout if env construction is slow"
+            ) from None
+        except ray.exceptions.RayError as e:
+            self.kill(graceful=False)
+            raise RuntimeError(f"could not build {env_spec.id} in a Ray actor:\n{e}") from None
+
+    # -- WorkerHandle -----------------------------------------------------------------------
+    def send(self, batch: Batch) -> None:
+        if self._dead:
+            raise ActorDied(f"the Ray actor hosting {self.spec.id} envs is dead")
+        with self._lock:
+            self._gen += 1
+            gen = self._gen
+        future = self.actor.run.remote(batch).future()
+        self._future = future
+        future.add_done_callback(lambda _f: self._notify(gen))
+
+    def _notify(self, gen: int) -> None:
+        # Runs on a Ray thread when the call finishes (or fails): wake the pool's wait().
+        with self._lock:
+            if gen == self._gen and self._wfd >= 0:
+                with contextlib.suppress(OSError):
+                    os.write(self._wfd, b"x")
+
+    def ready(self) -> bool:
+        return self._future is not None and self._future.done()
+
+    def result(self) -> Answer:
+        future, self._future = self._future, None
+        if future is None:
+            raise RuntimeError("RayWorker.result() called with no command in flight")
+        self._drain()
+        try:
+            return future.result()
+        except Exception as e:
+            # RayActorError (process killed, node lost) or a call that could not even return
+            # (unpicklable result): either way this worker's envs are in an unknown state.
+            self._dead = True
+            raise ActorDied(f"Ray actor hosting {self.spec.id} envs failed: {e}") from e
+
+    def _drain(self) -> None:
+        os.set_blocking(self._rfd, False)
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._rfd, 64):
+                pass
+
+    def alive(self) -> bool:
+        return not self._dead
+
+    def wait_objects(self) -> list[Any]:
+        return [self._rfd] if self._rfd >= 0 and self._future is not None else []
+
+    def kill(self, graceful: bool = True) -> None:
+        """End the actor; idempotent.
+
+        ``graceful``: first close the envs, if the actor is idle. The pool passes ``False`` for
+        a worker that died or hung, and then the actor's process is also killed directly when
+        it runs on this host: ``ray.kill`` does not interrupt a call stuck in an env (a hung
+        game), so the process would otherwise live on until that call returns.
+        """
+        actor, self.actor = getattr(self, "actor", None), None
+        if actor is not None and ray.is_initialized():
+            busy = self._future is not None and not self._future.done()
+            if graceful and not busy and not self._dead:
+                with contextlib.suppress(Exception):
+                    ray.get(actor.close.remote(), timeout=5)
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+            if busy or not graceful:
+                self._kill_local_process()
+        self._dead = True
+        with self._lock:
+            for fd in (self._rfd, self._wfd):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self._rfd = self._wfd = -1
+
+    def _kill_local_process(self) -> None:
+        import socket
+
+        import psutil
+
+        pid = getattr(self, "pid", -1)
+        if pid <= 0 or getattr(self, "node", None) != socket.gethostname():
+            return
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            # Only the actor's own worker (its title is "ray::_EnvActor..."), never a reused pid.
+            if "_EnvActor" in " ".join(proc.cmdline()):
+                proc.kill()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        with contextlib.suppress(Exception):
+            self.kill()
+
+
+# -- memory benchmark: python -m agentgym.ray_pool ------------------------------------------------
+def _mem(pid: int) -> tuple[int, int]:
+    """(RSS, USS) bytes of a local process; USS counts only pages no other process shares."""
+    import psutil
+
+    p = psutil.Process(pid)
+    try:
+        full = p.memory_full_info()
+        return full.rss, full.uss
+    except psutil.AccessDenied:  # pragma: no cover - other users' processes
+        rss = p.memory_info().rss
+        return rss, rss
+
+
+def _ray_system_processes(exclude: set[int]) -> list[int]:
+    """Processes of a Ray instance started by this driver (raylet, GCS, idle workers ...)."""
+    import psutil
+
+    me = psutil.Process()
+    out = []
+    for child in me.children(recursive=True):
+        if child.pid in exclude:
+            continue
+        with contextlib.suppress(psutil.Error):
+            cmd = " ".join(child.cmdline())
+            if "ray" in cmd:
+                out.append(child.pid)
+    return out
+
+
+def measure_pool_memory(
+    env: str | EnvSpec,
+    num_envs: int,
+    *,
+    backend: str,
+    num_workers: int,
+    episodes: int,
+    policy: str = "random",
+    seed: int = 0,
+    env_kwargs: Mapping[str, Any] | None = None,
+    ray_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Start a pool, play ``episodes`` episodes, and measure the memory of its workers.
+
+    Returns a dict with the start and rollout seconds, the summed RSS and USS of the worker
+    processes (per env too), and for a local Ray instance started in this process the memory of
+    Ray's own processes. ``trajectory_digest`` hashes the trajectories, so two backends can be
+    checked to have played the same episodes.
+    """
+    import hashlib
+    import json
+    import time
+
+    from agentgym.policies import make_policy
+    from agentgym.pool import EnvPool
+    from agentgym.rollout import rollout, summarize
+
+    t0 = time.perf_counter()
+    pool = EnvPool(
+        env,
+        num_envs,
+        num_workers=num_workers,
+        backend=backend,
+        env_kwargs=env_kwargs,
+        ray_options=ray_options,
+    )
+    try:
+        start_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        trajs = rollout(
+            pool, make_policy(policy, seed=seed), num_groups=episodes, seed=seed, run_id="mem"
+        )
+        rollout_s = time.perf_counter() - t1
+        pids = [p for p in pool.worker_pids if p > 0]
+        if backend == "ray":
+            import socket
+
+            here = socket.gethostname()
+            pids = [w.pid for w in pool._workers if getattr(w, "node", here) == here]
+        mems = [_mem(p) for p in pids]
+        system = []
+        if backend == "ray" and _started_here:
+            system = [_mem(p) for p in _ray_system_processes(set(pids))]
+    finally:
+        pool.close()
+    mib = 1024**2
+    rss, uss = sum(m[0] for m in mems), sum(m[1] for m in mems)
+    measured_envs = num_envs * len(mems) / max(1, num_workers)
+    records = []
+    for t in sorted(trajs, key=lambda t: t.id):
+        d = t.to_dict()
+        for turn in d["turns"]:
+            turn["info"].pop("policy_s", None)
+        records.append(d)
+    digest = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
+    s = summarize(trajs)
+    return {
+        "env": env if isinstance(env, str) else env.id,
+        "backend": backend,
+        "num_envs": num_envs,
+        "workers": len(mems),
+        "episodes": s.episodes,
+        "crashed": s.crashed,
+        "mean_turns": round(s.mean_turns, 2),
+        "start_s": round(start_s, 2),
+        "rollout_s": round(rollout_s, 2),
+        "rss_mib": round(rss / mib, 1),
+        "uss_mib": round(uss / mib, 1),
+        "rss_per_env_mib": round(rss / mib / max(1.0, measured_envs), 2),
+        "uss_per_env_mib": round(uss / mib / max(1.0, measured_envs), 2),
+        "ray_system_processes": len(system),
+        "ray_system_rss_mib": round(sum(m[0] for m in system) / mib, 1),
+        "ray_system_uss_mib": round(sum(m[1] for m in system) / mib, 1),
+        "trajectory_digest": digest,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m agentgym.ray_pool``: memory per env of the Ray and process backends."""
+    import argparse
+    import json
+
+    import agentgym
+
+    p = argparse.ArgumentParser(
+        prog="python -m agentgym.ray_pool",
+        description="Run one rollout per backend with the same envs and seeds; report the "
+        "memory of the env workers (RSS and USS, summed and per env).",
+    )
+    p.add_argument("--env", default="textworld/Simple-v0")
+    p.add_argument("--num-envs", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=8, help="processes / actors")
+    p.add_argument("--episodes", type=int, default=128)
+    p.add_argument("--policy", default="random")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backends", default="process,ray")
+    p.add_argument(
+        "--register",
+        metavar="MODULE:CLASS",
+        help="register --env with this entry point first (an env outside agentgym)",
+    )
+    p.add_argument("--path", action="append", default=[], help="extra sys.path entry")
+    p.add_argument("--json", action="store_true", help="one JSON object per backend")
+    args = p.parse_args(argv)
+    sys.path[:0] = [os.path.abspath(x) for x in args.path]
+    agentgym.load_plugins()
+    if args.register and args.env not in agentgym.registry:
+        agentgym.register(args.env, args.register)
+    rows = []
+    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        rows.append(
+            measure_pool_memory(
+                args.env,
+                args.num_envs,
+                backend=backend,
+                num_workers=args.num_workers,
+                episodes=args.episodes,
+                policy=args.policy,
+                seed=args.seed,
+            )
+        )
+        if args.json:
+            print(json.dumps(rows[-1]), flush=True)
+    if not args.json:
+        cols = [
+            "backend",
+            "workers",
+            "episodes",
+            "crashed",
+            "start_s",
+            "rollout_s",
+            "rss_mib",
+            "uss_mib",
+            "rss_per_env_mib",
+            "uss_per_env_mib",
+            "ray_system_rss_mib",
+            "trajectory_digest",
+        ]
+        print(f"{args.env}, {args.num_envs} envs")
+        print("| " + " | ".join(cols) + " |")
+        print("|" + "---|" * len(cols))
+        for r in rows:
+            print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the imported module's main, not this __main__ copy: the pool's RayWorker and the
+    # "started here" flag live in agentgym.ray_pool.
+    from agentgym.ray_pool import main as _main
+
+    raise SystemExit(_main())
