@@ -20,6 +20,7 @@ from typing import Any
 EXTENSIONS = (
     "agentgym.trainers.cli",
     "agentgym.trainers.credit_cli",
+    "agentgym.trainers.bench_algos",
     "agentgym.environments.textworld.cli",
     "agentgym.environments.alfworld.cli",
     "agentgym.environments.webshop.cli",

@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,16 +43,17 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
-def _curve(run_dir: Path) -> dict[int, float]:
-    """Held-out success by RL step from a run's metrics.jsonl (step 0 = the SFT model)."""
+def _curve(run_dir: Path, key: str = "eval/success") -> dict[int, float]:
+    """``key`` by RL step from a run's metrics.jsonl: ``eval/success`` (held-out, greedy; step
+    0 = the SFT model) or ``train/success`` (the step's sampled training episodes)."""
     curve: dict[int, float] = {}
     path = run_dir / "metrics.jsonl"
     for line in path.read_text().splitlines():
         if not line.strip():
             continue
         r = json.loads(line)
-        if "eval/success" in r:
-            curve[int(r.get("step", 0))] = float(r["eval/success"])
+        if key in r:
+            curve[int(r.get("step", 0))] = float(r[key])
     return curve
 
 
@@ -61,11 +63,13 @@ def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
     return m, sd
 
 
-def aggregate(runs: Sequence[dict[str, Any]]) -> dict[str, dict[int, tuple[float, float, int]]]:
-    """``{method: {step: (mean, std, n_seeds)}}`` over runs ``{"method", "seed", "curve"}``."""
+def aggregate(
+    runs: Sequence[dict[str, Any]], key: str = "curve"
+) -> dict[str, dict[int, tuple[float, float, int]]]:
+    """``{method: {step: (mean, std, n_seeds)}}`` over runs ``{"method", "seed", key}``."""
     by: dict[str, dict[int, list[float]]] = {}
     for r in runs:
-        for step, v in r["curve"].items():
+        for step, v in r[key].items():
             by.setdefault(r["method"], {}).setdefault(int(step), []).append(v)
     return {
         m: {s: (*_mean_std(v), len(v)) for s, v in sorted(steps.items())} for m, steps in by.items()
@@ -131,9 +135,14 @@ def run_bench(
     seeds: Sequence[int],
     base: dict[str, Any],
     fresh: bool = False,
+    shared_sft: bool = False,
     log: Any = print,
 ) -> dict[str, Any]:
-    """Train every (method, seed) with ``base`` TrainConfig settings; write table, plot, JSON."""
+    """Train every (method, seed) with ``base`` TrainConfig settings; write table, plot, JSON.
+
+    ``shared_sft``: every seed starts RL from the first seed's SFT model (the seeds then vary
+    only the RL sampling and task order); otherwise each seed builds and SFTs its own model.
+    """
     from agentgym.trainers.train import TrainConfig, train
     from agentgym.utils import atomic_write, atomic_write_json
 
@@ -145,8 +154,8 @@ def run_bench(
     runs = []
     t_all = time.perf_counter()
     for seed in seeds:
-        # One model + SFT per seed, shared by every method.
-        sft_dir = out / f"sft_seed{seed}"
+        # One model + SFT per seed (or one for all seeds), shared by every method.
+        sft_dir = out / f"sft_seed{seeds[0] if shared_sft else seed}"
         if fresh or not (sft_dir / "report.json").exists():
             t0 = time.perf_counter()
             cfg = TrainConfig(**{**base, "out": str(sft_dir), "seed": seed, "steps": 0})
@@ -180,29 +189,38 @@ def run_bench(
                     "method": m,
                     "seed": seed,
                     "curve": _curve(run_dir),
+                    "train_curve": _curve(run_dir, "train/success"),
                     "wall_time_s": rep["wall_time_s"],
                     "success_final": rep["success_final"],
                 }
             )
     agg = aggregate(runs)
+    agg_train = aggregate(runs, "train_curve")
     wall = {
         m: sum(r["wall_time_s"] for r in runs if r["method"] == m)
         / max(1, sum(r["method"] == m for r in runs))
         for m in methods
     }
-    table = table_markdown(agg, wall)
+    table = (
+        "Held-out success (greedy, test split):\n\n"
+        + table_markdown(agg, wall)
+        + "\nTraining success (sampled episodes of each RL step, train split):\n\n"
+        + table_markdown(agg_train, wall)
+    )
     atomic_write(out / "table.md", table)
     title = (
         f"{base.get('env', 'default env')}: {len(seeds)} seeds x {base.get('steps')} steps x "
         f"{base.get('groups_per_step')}x{base.get('group_size')} episodes"
     )
     plot(agg, out / "success.png", title)
+    plot(agg_train, out / "train_success.png", title + " (train, sampled)")
     result = {
         "methods": list(methods),
         "seeds": list(seeds),
         "base_config": base,
         "runs": runs,
         "table": {m: {str(s): list(v) for s, v in c.items()} for m, c in agg.items()},
+        "train_table": {m: {str(s): list(v) for s, v in c.items()} for m, c in agg_train.items()},
         "wall_time_s": round(time.perf_counter() - t_all, 1),
     }
     atomic_write_json(out / "results.json", result)
@@ -264,7 +282,14 @@ def cmd_bench_algos(args: argparse.Namespace) -> int:
         except json.JSONDecodeError:
             base[k] = v
     methods = args.methods.split(",") if args.methods else list(METHODS)
-    result = run_bench(args.out, methods=methods, seeds=args.seeds, base=base, fresh=args.fresh)
+    result = run_bench(
+        args.out,
+        methods=methods,
+        seeds=args.seeds,
+        base=base,
+        fresh=args.fresh,
+        shared_sft=args.shared_sft,
+    )
     if args.json:
         print(json.dumps(result))
     else:
@@ -300,5 +325,23 @@ def add_cli(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
         "--set", action="append", metavar="KEY=VALUE", help="any other TrainConfig field"
     )
     p.add_argument("--fresh", action="store_true", help="retrain runs that already exist")
+    p.add_argument(
+        "--shared-sft",
+        action="store_true",
+        help="start every seed from the first seed's SFT model (seeds vary RL only)",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_bench_algos)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agentgym.trainers.bench_algos`` = ``agentgym bench algos``."""
+    parser = argparse.ArgumentParser(prog="agentgym")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_cli(sub, {})
+    args = parser.parse_args(["bench", "algos", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -58,6 +58,9 @@ class Sample:
     response_ids: tuple[int, ...]
     old_logprobs: tuple[float, ...]
     advantage: float
+    #: trajectory id and turn index (used by EPO's trajectory entropy and per-turn history).
+    traj: str = ""
+    turn: int = -1
 
     def __post_init__(self) -> None:
         if len(self.response_ids) != len(self.old_logprobs):
@@ -82,6 +85,11 @@ class PPOConfig:
     max_grad_norm: float = 1.0
     temperature: float = 1.0
     bf16: bool = True
+    #: EPO (agentgym.trainers.epo): trajectory entropy bonus, smoothing penalty weight, band.
+    epo_entropy_coef: float = 0.0
+    epo_smooth_coef: float = 0.0
+    epo_k_low: float = 0.2
+    epo_k_high: float = 0.2
 
     def __post_init__(self) -> None:
         if self.agg not in AGG_MODES:
@@ -204,8 +212,14 @@ def accumulate_gradients(
     *,
     pad_id: int,
     ref_model: Any = None,
+    entropy_history: Any = None,
+    entropy_log: list[tuple[int, float]] | None = None,
 ) -> dict[str, float]:
     """Backward the loss of one minibatch in micro-batches (gradients add up in ``.grad``).
+
+    With ``entropy_history`` (an :class:`agentgym.trainers.epo.EntropyHistory`), EPO's terms
+    are added (weights ``cfg.epo_*``); ``entropy_log`` collects ``(turn index, mean token
+    entropy)`` of every sample for the history update.
 
     Returns the minibatch's loss terms (means over the minibatch).
     """
@@ -220,6 +234,14 @@ def accumulate_gradients(
         "clipfrac": 0.0,
         "ratio_max": 0.0,
     }
+    use_epo = entropy_history is not None
+    if use_epo:
+        from agentgym.trainers.epo import epo_loss, trajectory_token_weights, turn_mean_entropy
+
+        traj_w = trajectory_token_weights(
+            [s.traj for s in samples], [len(s.response_ids) for s in samples]
+        )
+        stats.update(epo_traj_entropy=0.0, epo_smooth_penalty=0.0)
     for start in range(0, len(samples), cfg.micro_batch_size):
         micro = samples[start : start + cfg.micro_batch_size]
         b = collate(micro, pad_id, device)
@@ -256,6 +278,24 @@ def accumulate_gradients(
                 )
             kl_term = agg(kl_k3(logp, ref_logp))
             loss = loss + cfg.kl_coef * kl_term
+        if use_epo and ent is not None:
+            epo_term, epo_parts = epo_loss(
+                ent,
+                mask,
+                traj_weight=torch.tensor(traj_w[start : start + len(micro)], device=device),
+                refs=entropy_history.refs([s.turn for s in micro]),
+                num_turns=num_seqs,
+                entropy_coef=cfg.epo_entropy_coef,
+                smooth_coef=cfg.epo_smooth_coef,
+                k_low=cfg.epo_k_low,
+                k_high=cfg.epo_k_high,
+            )
+            loss = loss + epo_term
+            stats["epo_traj_entropy"] += float(epo_parts["traj_entropy"].detach())
+            stats["epo_smooth_penalty"] += float(epo_parts["smooth_penalty"].detach())
+            if entropy_log is not None:
+                h = turn_mean_entropy(ent.detach(), mask).tolist()
+                entropy_log.extend(zip((s.turn for s in micro), h))
         loss.backward()
         stats["loss"] += float(loss.detach())
         stats["pg_loss"] += float(agg(pg).detach())
@@ -276,8 +316,12 @@ def ppo_update(
     pad_id: int,
     ref_model: Any = None,
     rng: random.Random | None = None,
+    entropy_history: Any = None,
 ) -> dict[str, float]:
     """``ppo_epochs`` passes over shuffled minibatches; one optimizer step per minibatch.
+
+    With ``entropy_history`` (EPO), its per-turn-index history is updated at the end from the
+    entropies measured during the first epoch (the penalty of this update used the old history).
 
     Returns the mean of each loss term over minibatches, the last gradient norm and the
     number of optimizer steps.
@@ -290,13 +334,22 @@ def ppo_update(
     steps = 0
     grad_norm = 0.0
     params = [p for p in model.parameters() if p.requires_grad]
-    for _ in range(cfg.ppo_epochs):
+    entropy_log: list[tuple[int, float]] = []
+    for epoch in range(cfg.ppo_epochs):
         order = list(range(len(samples)))
         rng.shuffle(order)
         for start in range(0, len(order), cfg.minibatch_size):
             mb = [samples[i] for i in order[start : start + cfg.minibatch_size]]
             optimizer.zero_grad(set_to_none=True)
-            stats = accumulate_gradients(model, mb, cfg, pad_id=pad_id, ref_model=ref_model)
+            stats = accumulate_gradients(
+                model,
+                mb,
+                cfg,
+                pad_id=pad_id,
+                ref_model=ref_model,
+                entropy_history=entropy_history,
+                entropy_log=entropy_log if epoch == 0 else None,
+            )
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             if math.isfinite(grad_norm):
                 optimizer.step()
@@ -305,6 +358,12 @@ def ppo_update(
                 totals[k] = totals.get(k, 0.0) + v
             steps += 1
     out = {k: v / steps for k, v in totals.items()}
+    if entropy_history is not None and entropy_log:
+        from agentgym.trainers.epo import per_index_means
+
+        entropy_history.update(
+            per_index_means([h for _, h in entropy_log], [k for k, _ in entropy_log])
+        )
     out["grad_norm"] = grad_norm
     out["optimizer_steps"] = float(steps)
     return out

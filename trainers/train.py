@@ -41,7 +41,7 @@ from typing import Any
 
 __all__ = ["TrainConfig", "train", "evaluate", "load_config_file", "ALGOS"]
 
-ALGOS = ("gigpo", "grpo", "rloo")
+ALGOS = ("gigpo", "grpo", "rloo", "ppo", "spa")
 GROUP_ALGOS = ("gigpo", "grpo", "rloo")
 
 
@@ -90,7 +90,7 @@ class TrainConfig:
     sft_lr: float = _f(2e-3, "SFT learning rate (AdamW, warmup + linear decay)")
     sft_batch_size: int = _f(16, "SFT turns per optimizer step")
     # -- rollouts -----------------------------------------------------------------------------
-    algo: str = _f("gigpo", "advantage estimator: gigpo | grpo | rloo", choices=ALGOS)
+    algo: str = _f("gigpo", "advantage estimator: gigpo | grpo | rloo | ppo | spa", choices=ALGOS)
     steps: int = _f(20, "RL iterations (collect + update)")
     groups_per_step: int = _f(4, "task groups per iteration (distinct seeds)")
     group_size: int = _f(6, "episodes per group (same task and start state)")
@@ -103,6 +103,23 @@ class TrainConfig:
     gamma: float = _f(0.95, "discount of per-turn returns (GiGPO step groups)")
     omega: float = _f(1.0, "weight of GiGPO's step advantage")
     adv_norm: str = _f("std", "group normalisation: std | mean")
+    transform: list = _f([], "reward transforms before the estimator: gated | direct (repeatable)")
+    gate_channels: list = _f(["won", "reward"], "channels of gated/direct, highest priority first")
+    gate_thresholds: list = _f([1.0], "gated: one pass threshold per channel except the last")
+    lam: float = _f(0.95, "GAE lambda of turn-level PPO (algo ppo)")
+    value_lr: float = _f(1e-3, "critic learning rate (algo ppo)")
+    value_epochs: int = _f(2, "critic passes over each iteration's turns (algo ppo)")
+    value_clip: float | None = _f(0.2, "critic value clip (None: plain MSE) (algo ppo)")
+    spa_beta: float = _f(1.0, "SPA weight of the grounding (valid action) signal (algo spa)")
+    progress_lr: float = _f(1e-3, "progress estimator learning rate (algo spa)")
+    progress_epochs: int = _f(3, "progress estimator passes per iteration (algo spa)")
+    progress_target: str = _f("won", "what contributions sum to: won | return (algo spa)")
+    # -- EPO entropy control ------------------------------------------------------------------
+    epo: bool = _f(False, "EPO: trajectory entropy bonus + entropy smoothing + phase weights")
+    epo_entropy_coef: float = _f(0.01, "EPO trajectory-level entropy bonus weight")
+    epo_smooth_coef: float = _f(0.1, "EPO entropy smoothing penalty weight")
+    epo_k_low: float = _f(0.2, "EPO band below the historical entropy (fraction)")
+    epo_k_high: float = _f(0.2, "EPO band above the historical entropy (fraction)")
     # -- PPO update ---------------------------------------------------------------------------
     lr: float = _f(2e-4, "RL learning rate (AdamW, constant)")
     weight_decay: float = _f(0.0, "AdamW weight decay (not on biases and norms)")
@@ -157,6 +174,28 @@ class TrainConfig:
             raise ValueError("the tiny model trains in float32: drop --dtype or pass --model")
         if self.kl_coef < 0 or self.entropy_coef < 0 or self.invalid_penalty < 0:
             raise ValueError("kl_coef, entropy_coef and invalid_penalty must be >= 0")
+        from agentgym.trainers.compose import validate_combination
+
+        self.gate_thresholds = [float(x) for x in self.gate_thresholds]
+        terms = [
+            name
+            for name, on in (
+                ("kl", self.kl_coef > 0),
+                ("entropy", self.entropy_coef > 0),
+                ("epo", self.epo),
+            )
+            if on
+        ]
+        try:
+            validate_combination(
+                self.algo,
+                self.transform,
+                terms,
+                group_size=self.group_size,
+                gate_channels=tuple(self.gate_channels),
+            )
+        except ValueError as e:
+            raise ValueError(str(e)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -311,7 +350,7 @@ def _samples(trajs: Sequence[Any], advantages: Sequence[Any]) -> list[Any]:
 
     samples = []
     for t, adv in zip(trajs, advantages):
-        for u, a in zip(t.turns, adv):
+        for k, (u, a) in enumerate(zip(t.turns, adv)):
             p = u.info.get("policy") or {}
             if p.get("response_ids"):
                 samples.append(
@@ -320,6 +359,8 @@ def _samples(trajs: Sequence[Any], advantages: Sequence[Any]) -> list[Any]:
                         tuple(p["response_ids"]),
                         tuple(p["logprobs"]),
                         float(a),
+                        traj=t.id,
+                        turn=k,
                     )
                 )
     return samples
@@ -458,7 +499,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     from agentgym.pool import EnvPool
     from agentgym.rollout import rollout, summarize
-    from agentgym.trainers.credit import CreditBatch, CreditConfig, compute_advantages
+    from agentgym.trainers.credit import (
+        CreditBatch,
+        CreditConfig,
+        apply_transforms,
+        compute_advantages,
+        turn_returns,
+    )
     from agentgym.trainers.hf_policy import load_model
     from agentgym.trainers.losses import PPOConfig, make_optimizer, ppo_update
     from agentgym.trajectory import TrajectoryWriter
@@ -626,7 +673,60 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             temperature=cfg.temperature,
             bf16=cfg.bf16,
         )
-        credit_cfg = CreditConfig(gamma=cfg.gamma, omega=cfg.omega, norm=cfg.adv_norm)
+        credit_cfg = CreditConfig(
+            gamma=cfg.gamma,
+            omega=cfg.omega,
+            norm=cfg.adv_norm,
+            lam=cfg.lam,
+            spa_beta=cfg.spa_beta,
+            gate_channels=tuple(cfg.gate_channels),
+            gate_thresholds=tuple(cfg.gate_thresholds),
+        )
+        # -- model-side credit pieces: critic (ppo), progress estimator (spa), EPO history -----
+        critic = progress_est = entropy_history = epo_cfg = None
+        if cfg.algo in ("ppo", "spa"):
+            sft_dir = out / "sft_model"
+            scorer_from = sft_dir if sft_dir.exists() and not lora else state["base_model"]
+            if cfg.algo == "ppo":
+                from agentgym.trainers.value import TurnCritic, ValueConfig
+
+                critic = TurnCritic.from_pretrained(
+                    scorer_from,
+                    ValueConfig(lr=cfg.value_lr, epochs=cfg.value_epochs, clip=cfg.value_clip),
+                    pad_id=tok.pad_token_id,
+                    device=policy.device,
+                    seed=cfg.seed,
+                )
+            else:
+                from agentgym.trainers.progress import ProgressConfig, ProgressEstimator
+
+                progress_est = ProgressEstimator.from_pretrained(
+                    scorer_from,
+                    ProgressConfig(
+                        lr=cfg.progress_lr, epochs=cfg.progress_epochs, target=cfg.progress_target
+                    ),
+                    pad_id=tok.pad_token_id,
+                    device=policy.device,
+                    seed=cfg.seed,
+                )
+        if cfg.epo:
+            from agentgym.trainers.epo import EntropyHistory, EPOConfig, phase_coefs
+
+            epo_cfg = EPOConfig(
+                entropy_coef=cfg.epo_entropy_coef,
+                smooth_coef=cfg.epo_smooth_coef,
+                k_low=cfg.epo_k_low,
+                k_high=cfg.epo_k_high,
+            )
+            entropy_history = EntropyHistory(epo_cfg.momentum)
+        if ckpts:
+            for name, obj in (
+                ("critic", critic),
+                ("progress_estimator", progress_est),
+                ("entropy_history", entropy_history),
+            ):
+                if obj is not None and name in state:
+                    obj.load_state_dict(state[name])
         # -- RL loop --------------------------------------------------------------------------
         bar = tqdm(
             total=cfg.steps, initial=start_step, desc=f"{cfg.algo}", disable=not cfg.progress
@@ -646,20 +746,42 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             trajs.sort(key=lambda t: t.id)  # finish order varies; credit/batches must not
             t_roll = time.perf_counter() - t0
             shaped = _apply_penalty(trajs, cfg.invalid_penalty)
-            advantages = compute_advantages(
-                cfg.algo, CreditBatch.from_trajectories(shaped), credit_cfg
+            batch = apply_transforms(
+                cfg.transform, CreditBatch.from_trajectories(shaped), credit_cfg
             )
+            extra: dict[str, float] = {}
+            if critic is not None:
+                old_values = critic.values(shaped)
+                batch = batch.replace(values=old_values)
+            if progress_est is not None:
+                extra.update(progress_est.fit(shaped))
+                batch = progress_est.annotate(batch, shaped)
+            advantages = compute_advantages(cfg.algo, batch, credit_cfg)
             samples = _samples(shaped, advantages)
+            step_ppo_cfg = ppo_cfg
+            if epo_cfg is not None:
+                lam_e, beta_e, phase = phase_coefs(step, cfg.steps, epo_cfg)
+                step_ppo_cfg = dataclasses.replace(
+                    ppo_cfg,
+                    epo_entropy_coef=lam_e,
+                    epo_smooth_coef=beta_e,
+                    epo_k_low=epo_cfg.k_low,
+                    epo_k_high=epo_cfg.k_high,
+                )
+                extra.update({"epo/entropy_coef": lam_e, "epo/smooth_coef": beta_e})
             t1 = time.perf_counter()
             stats = ppo_update(
                 model,
                 optimizer,
                 samples,
-                ppo_cfg,
+                step_ppo_cfg,
                 pad_id=tok.pad_token_id,
                 ref_model=ref_model,
                 rng=shuffle_rng,
+                entropy_history=entropy_history,
             )
+            if critic is not None:
+                extra.update(critic.update(shaped, turn_returns(batch, credit_cfg), old_values))
             model.eval()
             s = summarize(trajs)
             record: dict[str, Any] = {
@@ -676,6 +798,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 "train/reply_tokens": sum(len(x.response_ids) for x in samples)
                 / max(len(samples), 1),
                 **{f"loss/{k}": v for k, v in stats.items()},
+                **{(k if "/" in k else f"credit/{k}"): v for k, v in extra.items()},
                 "time/rollout_s": t_roll,
                 "time/update_s": time.perf_counter() - t1,
             }
@@ -693,6 +816,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 state_out.update(
                     step=step, rng=_rng_state(policy, shuffle_rng), config=cfg.to_dict()
                 )
+                for name, obj in (
+                    ("critic", critic),
+                    ("progress_estimator", progress_est),
+                    ("entropy_history", entropy_history),
+                ):
+                    if obj is not None:
+                        state_out[name] = obj.state_dict()
                 save_checkpoint(out, step, model, tok, optimizer, state_out, cfg.keep_checkpoints)
         bar.close()
         # -- final evaluation and report ------------------------------------------------------
@@ -729,6 +859,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "norm": cfg.adv_norm,
             "group_size": cfg.group_size,
             "groups_per_step": cfg.groups_per_step,
+            "transform": list(cfg.transform),
+            "lam": cfg.lam,
+            "epo": cfg.epo,
         },
         "seed": cfg.seed,
         "steps": cfg.steps,
