@@ -21,6 +21,7 @@ EXTENSIONS = (
     "agentgym.trainers.cli",
     "agentgym.trainers.credit_cli",
     "agentgym.trainers.bench_algos",
+    "agentgym.trainers.bench_rollout",
     "agentgym.environments.textworld.cli",
     "agentgym.environments.alfworld.cli",
     "agentgym.environments.webshop.cli",

@@ -224,6 +224,7 @@ class HFPolicy:
                     position_ids=step_pos,
                     past_key_values=past,
                     use_cache=True,
+                    logits_to_keep=1,  # only the last position's logits (the prefill's too)
                 )
                 past = res.past_key_values
                 logits = res.logits[:, -1, :].float()
@@ -234,11 +235,14 @@ class HFPolicy:
                     logp = torch.log_softmax(logits, dim=-1)
                     nxt = logits.argmax(-1)
                 lp = logp.gather(-1, nxt[:, None]).squeeze(-1)
-                for i in alive.nonzero().flatten().tolist():
-                    tok = int(nxt[i])
-                    out_ids[i].append(tok)
-                    out_lp[i].append(float(lp[i]))
-                    if tok in self.eos_ids:
+                # One device-to-host copy per decoding step, not one per row.
+                nxt_l, lp_l, alive_l = nxt.tolist(), lp.tolist(), alive.tolist()
+                for i in range(n):
+                    if not alive_l[i]:
+                        continue
+                    out_ids[i].append(nxt_l[i])
+                    out_lp[i].append(lp_l[i])
+                    if nxt_l[i] in self.eos_ids:
                         alive[i] = False
                 if not bool(alive.any()):
                     break
