@@ -62,6 +62,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from agentgym.environments.textworld.games import (
+        BUNDLE_DIR,
+        game_seeds,
+        parse_preset,
+        write_bundle,
+    )
+
+    preset = parse_preset(args.preset)
+    seeds = game_seeds("train", args.train) + game_seeds("test", args.test)
+    t0 = time.perf_counter()
+    dest = write_bundle(preset, seeds, Path(args.out or BUNDLE_DIR), workers=args.workers)
+    print(
+        f"{dest}: {len(seeds)} games ({args.train} train, {args.test} test), "
+        f"{dest.stat().st_size / 2**20:.2f} MiB, {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from agentgym.environments.textworld.games import PRESET_EXAMPLES
 
@@ -96,6 +115,20 @@ def add_cli(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPars
     g.add_argument("--workers", type=int, default=None, help="parallel processes (default: CPUs)")
     g.add_argument("--json", action="store_true", help="print a JSON summary")
     g.set_defaults(func=cmd_generate)
+
+    b = tw.add_parser(
+        "bundle",
+        help="pack a preset's games into the archive the env unpacks instead of compiling",
+        description="Generate (or take from the cache) the first N train and test games of a "
+        "preset and write <out>/<preset key>.tar.xz. Archives in the package's data folder are "
+        "unpacked into the cache on first use, byte-identical to generated games.",
+    )
+    b.add_argument("--preset", required=True, help="e.g. w1-o3-q2")
+    b.add_argument("--train", type=int, default=64, help="train games (seeds 0..N-1)")
+    b.add_argument("--test", type=int, default=32, help="test games")
+    b.add_argument("--out", help="folder (default: the package's textworld/data)")
+    b.add_argument("--workers", type=int, default=None, help="parallel processes (default: CPUs)")
+    b.set_defaults(func=cmd_bundle)
 
     p = tw.add_parser("presets", help="list the game presets")
     p.set_defaults(func=cmd_presets)

@@ -253,6 +253,38 @@ def test_generation_is_deterministic_and_safe_concurrently(tw_cache: Path, tmp_p
     assert cached.read_bytes()[0x12:0x18] == b"000000"  # the fixed serial number
 
 
+def test_bundled_games_unpack_instead_of_compiling(
+    tw_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shipped archive fills a fresh cache with the same bytes, without running the compiler;
+    seeds the archive lacks are still generated."""
+    from agentgym.environments.textworld import games
+
+    preset = games.parse_preset("w2-o3-q4")
+    archive = games.write_bundle(preset, [0, 1], tmp_path / "bundles", workers=1)
+    assert archive.name == f"{preset.key}.tar.xz"
+    monkeypatch.setattr(games, "BUNDLE_DIR", tmp_path / "bundles")
+
+    def no_compiling(*a: object, **k: object) -> None:
+        raise AssertionError("compiled a game the archive holds")
+
+    monkeypatch.setattr(games, "_build", no_compiling)
+    fresh = tmp_path / "cache"
+    paths = games.generate_many([(preset, 1), (preset, 0)], workers=1, root=fresh)
+    for seed, path in zip([1, 0], paths):
+        cached = games.game_path(preset, seed)
+        assert path.read_bytes() == cached.read_bytes()
+        assert path.with_suffix(".json").read_bytes() == cached.with_suffix(".json").read_bytes()
+    assert games.unpack_bundle(preset, [0, 1], fresh) == 0  # nothing left to add
+    with pytest.raises(AssertionError, match="compiled a game the archive holds"):
+        games.generate_many([(preset, 2)], workers=1, root=fresh)  # not in the archive
+    env = agentgym.make(
+        "textworld/Custom-w2-o3-q4-v0", game_files=[str(p) for p in paths], max_turns=20
+    )
+    with env:
+        assert all(info["won"] for *_, info in [_expert_episode(env, 0)[-1]])
+
+
 def test_cli_generate_and_games_dir(tw_cache: Path, tmp_path: Path, capsys) -> None:
     from agentgym.cli import main
 
