@@ -16,6 +16,11 @@ micro-batch's loss is divided by the token count (or sequence count) of the WHOL
 its own, so batch 8 x accumulation 1 and batch 1 x accumulation 8 give the same loss and the
 same gradients (``tests/trainers/test_losses.py`` checks this).
 
+Several processes (``dist=``, a :class:`agentgym.trainers.distributed.DistContext`): each rank
+holds part of every minibatch; the counts above are summed over ranks, so ranks holding halves of a
+minibatch produce the gradients of one process holding all of it
+(``tests/trainers/test_distributed.py`` checks this).
+
 Samples are right-padded ``prompt + response`` rows; the logit at position ``t`` scores the token
 at ``t + 1``, and only response positions carry loss. Log-probs use ``logits / temperature``,
 the distribution the policy sampled from.
@@ -214,6 +219,7 @@ def accumulate_gradients(
     ref_model: Any = None,
     entropy_history: Any = None,
     entropy_log: list[tuple[int, float]] | None = None,
+    dist: Any = None,
 ) -> dict[str, float]:
     """Backward the loss of one minibatch in micro-batches (gradients add up in ``.grad``).
 
@@ -221,11 +227,26 @@ def accumulate_gradients(
     are added (weights ``cfg.epo_*``); ``entropy_log`` collects ``(turn index, mean token
     entropy)`` of every sample for the history update.
 
+    With ``dist`` (a :class:`agentgym.trainers.distributed.DistContext` of several ranks),
+    ``samples`` is this rank's share of a minibatch spread over ranks (possibly empty): the
+    normalising counts are those of the whole minibatch, gradients are reduced across ranks on the
+    last micro-batch only, and ranks with fewer micro-batches run zero-weight ones so every rank
+    takes part in each collective. The returned terms are then those of the whole minibatch.
+
     Returns the minibatch's loss terms (means over the minibatch).
     """
     device = next(model.parameters()).device
     num_tokens = float(sum(len(s.response_ids) for s in samples))
     num_seqs = float(len(samples))
+    # -- distributed (dist=...): global counts, the same number of micro-batches on every rank --
+    starts = list(range(0, len(samples), cfg.micro_batch_size))
+    num_micro, grad_scale, local_trajs, total_trajs = len(starts), 1.0, 1.0, 1.0
+    if dist is not None:
+        local_trajs = float(len({s.traj for s in samples}))
+        num_tokens, num_seqs, total_trajs = dist.all_reduce([num_tokens, num_seqs, local_trajs])
+        num_micro = int(dist.all_reduce([num_micro], op="max")[0])
+        grad_scale = float(dist.world_size)  # DDP and FSDP2 average gradients; we want the sum
+    # -----------------------------------------------------------------------------------------
     stats = {
         "loss": 0.0,
         "pg_loss": 0.0,
@@ -241,8 +262,18 @@ def accumulate_gradients(
         traj_w = trajectory_token_weights(
             [s.traj for s in samples], [len(s.response_ids) for s in samples]
         )
+        if dist is not None:  # a trajectory stays on one rank: rescale 1/N_traj to the global N
+            traj_w = [w * local_trajs / max(total_trajs, 1.0) for w in traj_w]
         stats.update(epo_traj_entropy=0.0, epo_smooth_penalty=0.0)
-    for start in range(0, len(samples), cfg.micro_batch_size):
+    for k in range(num_micro):
+        if dist is not None:  # gradients are reduced across ranks by the last backward only
+            dist.set_grad_sync(model, k == num_micro - 1)
+        if k >= len(starts):  # distributed: nothing left here; a zero-weight pass joins in
+            b = collate([Sample((pad_id,), (pad_id,), (0.0,), 0.0)], pad_id, device)
+            logp, _ = token_logprobs(model, b["input_ids"], b["attention_mask"], b["targets"])
+            (logp.sum() * 0.0).backward()
+            continue
+        start = starts[k]
         micro = samples[start : start + cfg.micro_batch_size]
         b = collate(micro, pad_id, device)
         mask = b["mask"]
@@ -296,7 +327,7 @@ def accumulate_gradients(
             if entropy_log is not None:
                 h = turn_mean_entropy(ent.detach(), mask).tolist()
                 entropy_log.extend(zip((s.turn for s in micro), h))
-        loss.backward()
+        (loss * grad_scale if dist is not None else loss).backward()
         stats["loss"] += float(loss.detach())
         stats["pg_loss"] += float(agg(pg).detach())
         stats["kl"] += float(kl_term.detach())
@@ -304,6 +335,10 @@ def accumulate_gradients(
         stats["clipfrac"] += float(agg(clipped).detach())
         ratio = torch.exp(logp.detach() - b["old_logp"]) * mask
         stats["ratio_max"] = max(stats["ratio_max"], float(ratio.max()))
+    if dist is not None:  # terms of the whole minibatch: local shares add up
+        ratio_max = stats.pop("ratio_max")
+        stats = dist.sum_dict(stats)
+        stats["ratio_max"] = dist.all_reduce([ratio_max], op="max")[0]
     return stats
 
 
@@ -317,16 +352,27 @@ def ppo_update(
     ref_model: Any = None,
     rng: random.Random | None = None,
     entropy_history: Any = None,
+    dist: Any = None,
 ) -> dict[str, float]:
     """``ppo_epochs`` passes over shuffled minibatches; one optimizer step per minibatch.
 
     With ``entropy_history`` (EPO), its per-turn-index history is updated at the end from the
     entropies measured during the first epoch (the penalty of this update used the old history).
 
+    With ``dist`` (a :class:`agentgym.trainers.distributed.DistContext` of several ranks),
+    ``samples`` is this rank's block of the global sample list (rank 0's samples first, then rank
+    1's, ...) and ``rng`` must be in the same state on every rank: one permutation of the global
+    list is drawn, and each rank trains on its part of every minibatch, so the update is the one a
+    single process holding the whole list would make.
+
     Returns the mean of each loss term over minibatches, the last gradient norm and the
     number of optimizer steps.
     """
-    if not samples:
+    offset, total = 0, len(samples)
+    if dist is not None:  # where this rank's block sits in the global list
+        counts = [int(n) for n in dist.all_gather_object(len(samples))]
+        offset, total = sum(counts[: dist.rank]), sum(counts)
+    if not total:
         return {"optimizer_steps": 0.0}
     rng = rng or random.Random(0)
     model.train()
@@ -336,10 +382,12 @@ def ppo_update(
     params = [p for p in model.parameters() if p.requires_grad]
     entropy_log: list[tuple[int, float]] = []
     for epoch in range(cfg.ppo_epochs):
-        order = list(range(len(samples)))
+        order = list(range(total))
         rng.shuffle(order)
         for start in range(0, len(order), cfg.minibatch_size):
-            mb = [samples[i] for i in order[start : start + cfg.minibatch_size]]
+            chunk = order[start : start + cfg.minibatch_size]
+            # (one process: offset 0 and every index is local)
+            mb = [samples[i - offset] for i in chunk if offset <= i < offset + len(samples)]
             optimizer.zero_grad(set_to_none=True)
             stats = accumulate_gradients(
                 model,
@@ -349,8 +397,12 @@ def ppo_update(
                 ref_model=ref_model,
                 entropy_history=entropy_history,
                 entropy_log=entropy_log if epoch == 0 else None,
+                dist=dist,
             )
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            if dist is not None:
+                grad_norm = dist.clip_grad_norm_(params, cfg.max_grad_norm)
+            else:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             if math.isfinite(grad_norm):
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -358,6 +410,8 @@ def ppo_update(
                 totals[k] = totals.get(k, 0.0) + v
             steps += 1
     out = {k: v / steps for k, v in totals.items()}
+    if dist is not None and entropy_history is not None:  # every rank's turns feed the history
+        entropy_log = [x for part in dist.all_gather_object(entropy_log) for x in part]
     if entropy_history is not None and entropy_log:
         from agentgym.trainers.epo import per_index_means
 

@@ -42,20 +42,35 @@ class SFTExample:
 
 
 class _PromptingExpert:
-    """ExpertPolicy whose outputs carry the turn's chat messages (``extras["messages"]``), so the
-    rollout stores each prompt next to the expert's action in the trajectory."""
+    """ExpertPolicy whose outputs carry the turn's chat messages (``extras["messages"]``) and the
+    expert's move (``extras["label"]``), so the rollout stores each prompt next to its label.
+
+    With ``explore > 0`` the move actually played is, with that probability, a random admissible
+    action instead of the expert's (the label stays the expert's move from the state reached).
+    This is noise injection in the spirit of DART (Laskey et al., 2017): the data then covers
+    the states a learner reaches after a mistake, and how to recover from them, not only the
+    expert's own path.
+    """
 
     needs_expert = True
 
-    def __init__(self, history_len: int, seed: int) -> None:
+    def __init__(self, history_len: int, seed: int, explore: float = 0.0) -> None:
         self.inner = ExpertPolicy(seed)
         self.name = "expert"
         self.history_len = history_len
+        self.explore = explore
+        self.rng = random.Random(seed + 1)
 
     def act(self, contexts: Sequence[TurnContext]) -> list[PolicyOutput]:
         outs = self.inner.act(contexts)
         for ctx, o in zip(contexts, outs):
             o.extras["messages"] = build_messages(ctx, history_len=self.history_len)
+            o.extras["label"] = o.action
+            acts = ctx.observation.admissible_actions
+            if self.explore > 0 and acts and self.rng.random() < self.explore:
+                o.action = self.rng.choice(acts)
+                o.response = f"<action>{o.action}</action>"
+                o.extras["explored"] = True
         return outs
 
 
@@ -69,16 +84,23 @@ def collect_expert_pairs(
     num_envs: int = 4,
     backend: str = "process",
     only_won: bool = True,
+    explore: float = 0.0,
 ) -> tuple[list[tuple[list[dict[str, str]], str]], float]:
-    """Roll out the expert; return its (messages, action) pairs and its success rate.
+    """Roll out the expert; return its (messages, expert action) pairs and its success rate.
 
     Turns where the expert had no move (the fallback acted) are dropped; with ``only_won``, so
-    are the turns of episodes the expert did not win.
+    are the turns of episodes the expert did not win. ``explore``: probability of playing a
+    random admissible action instead of the expert's at each turn (labels stay the expert's;
+    see :class:`_PromptingExpert`); then ``only_won`` does not apply, since every label is the
+    expert's move from a state it still knew how to win from, and the success rate reported is
+    that of the noisy expert.
     """
     from agentgym.pool import EnvPool
     from agentgym.rollout import rollout
 
-    policy = _PromptingExpert(history_len, seed)
+    if not 0.0 <= explore < 1.0:
+        raise ValueError(f"explore must be in [0, 1), got {explore}")
+    policy = _PromptingExpert(history_len, seed, explore)
     with EnvPool(
         env_id, num_envs=min(num_envs, episodes), backend=backend, env_kwargs=env_kwargs or {}
     ) as pool:
@@ -94,12 +116,12 @@ def collect_expert_pairs(
     trajs.sort(key=lambda t: int(t.id.rsplit("-g", 1)[1].split("-")[0]))
     pairs = []
     for t in trajs:
-        if only_won and not t.won:
+        if only_won and not t.won and explore == 0:
             continue
         for turn in t.turns:
             extras = turn.info.get("policy", {})
             if "messages" in extras and not extras.get("expert_missing"):
-                pairs.append((extras["messages"], turn.action))
+                pairs.append((extras["messages"], extras.get("label", turn.action)))
     won = sum(t.won for t in trajs) / max(len(trajs), 1)
     return pairs, won
 

@@ -89,6 +89,9 @@ class TrainConfig:
     sft_epochs: int = _f(3, "passes over the SFT data")
     sft_lr: float = _f(2e-3, "SFT learning rate (AdamW, warmup + linear decay)")
     sft_batch_size: int = _f(16, "SFT turns per optimizer step")
+    sft_explore: float = _f(
+        0.0, "SFT data: chance of a random move instead of the expert's (labels stay expert's)"
+    )
     # -- rollouts -----------------------------------------------------------------------------
     algo: str = _f("gigpo", "advantage estimator: gigpo | grpo | rloo | ppo | spa", choices=ALGOS)
     steps: int = _f(20, "RL iterations (collect + update)")
@@ -133,6 +136,12 @@ class TrainConfig:
     loss_agg: str = _f("token-mean", "loss aggregation: token-mean | seq-mean-token-mean")
     max_grad_norm: float = _f(1.0, "gradient clipping norm")
     bf16: bool = _f(True, "bf16 autocast (GPU only; ignored on CPU)")
+    dist: str = _f(
+        "ddp",
+        "under torchrun: ddp (a full replica per rank) | fsdp (FSDP2: weights, gradients and "
+        "optimizer state sharded over ranks); ignored in a single process",
+        choices=("ddp", "fsdp"),
+    )
     # -- evaluation, logging, checkpoints -----------------------------------------------------
     eval_every: int = _f(5, "greedy held-out evaluation every N steps (0: only before/after)")
     eval_episodes: int = _f(16, "held-out episodes per evaluation")
@@ -168,6 +177,8 @@ class TrainConfig:
             )
         if self.dual_clip is not None and self.dual_clip <= 1.0:
             raise ValueError(f"dual_clip={self.dual_clip} must be > 1 (e.g. 3.0) or None")
+        if self.dist not in ("ddp", "fsdp"):
+            raise ValueError(f"dist={self.dist!r}: use 'ddp' or 'fsdp'")
         if self.steps < 0 or self.groups_per_step < 1 or self.max_new_tokens < 1:
             raise ValueError("steps must be >= 0, groups_per_step and max_new_tokens >= 1")
         if self.model is None and self.dtype != "float32":
@@ -308,17 +319,23 @@ def save_checkpoint(
     optimizer: Any,
     state: dict[str, Any],
     keep: int,
+    model_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``checkpoints/step_N`` atomically: a temp folder renamed into place."""
+    """Write ``checkpoints/step_N`` atomically: a temp folder renamed into place.
+
+    ``optimizer`` may also be its state dict; ``model_state`` (an FSDP2 model's gathered full
+    weights) is saved instead of the model's own ``state_dict()``.
+    """
     import torch
 
     root = out / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".step_", dir=root))
     try:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, **({} if model_state is None else {"state_dict": model_state}))
         tokenizer.save_pretrained(tmp)
-        torch.save({"optimizer": optimizer.state_dict(), **state}, tmp / "state.pt")
+        opt_state = optimizer if isinstance(optimizer, dict) else optimizer.state_dict()
+        torch.save({"optimizer": opt_state, **state}, tmp / "state.pt")
         final = root / f"step_{step}"
         if final.exists():
             shutil.rmtree(final)
@@ -364,6 +381,39 @@ def _samples(trajs: Sequence[Any], advantages: Sequence[Any]) -> list[Any]:
                     )
                 )
     return samples
+
+
+def _global_train_metrics(
+    ctx: Any, trajs: Sequence[Any], shaped: Sequence[Any], samples: Sequence[Any]
+) -> dict[str, float]:
+    """Distributed run: the ``train/*`` metrics of the step over all ranks' episodes (each rank
+    holds some groups); the same formulas as the single-process record."""
+    from agentgym.rollout import summarize
+
+    s = summarize(trajs)
+    t = ctx.sum_dict(
+        {
+            "episodes": s.episodes,
+            "won": s.won,
+            "turns": s.turns,
+            "invalid": s.invalid,
+            "return": sum(x.return_ for x in shaped),
+            "format_ok": sum(u.info.get("format_ok", True) for x in trajs for u in x.turns),
+            "samples": len(samples),
+            "reply_tokens": sum(len(x.response_ids) for x in samples),
+        }
+    )
+    eps, turns = max(t["episodes"], 1.0), max(t["turns"], 1.0)
+    return {
+        "train/success": t["won"] / eps,
+        "train/return": t["return"] / eps,
+        "train/turns": t["turns"] / eps,
+        "train/invalid": t["invalid"] / turns,
+        "train/format_ok": t["format_ok"] / turns,
+        "train/samples": int(t["samples"]),
+        "train/reply_tokens": t["reply_tokens"] / max(t["samples"], 1.0),
+        "train/episodes": int(t["episodes"]),
+    }
 
 
 def evaluate(
@@ -506,6 +556,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         compute_advantages,
         turn_returns,
     )
+    from agentgym.trainers.distributed import NullLogger, init_distributed, unwrap
     from agentgym.trainers.hf_policy import load_model
     from agentgym.trainers.losses import PPOConfig, make_optimizer, ppo_update
     from agentgym.trajectory import TrajectoryWriter
@@ -513,7 +564,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     # -- setup --------------------------------------------------------------------------------
-    out = Path(cfg.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    # Under torchrun: join the process group (see agentgym.trainers.distributed); else a no-op.
+    ctx = init_distributed(cfg.dist, device=cfg.device)
+    out = Path(ctx.broadcast_object(str(cfg.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))))
     out.mkdir(parents=True, exist_ok=True)
     cfg.out = str(out)
     if cfg.threads:
@@ -525,13 +578,28 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise FileNotFoundError(
             f"--resume: no checkpoint in {out / 'checkpoints'}; start without --resume"
         )
-    atomic_write_json(out / "config.json", cfg.to_dict())
+    if ctx.is_main:
+        atomic_write_json(out / "config.json", cfg.to_dict())
+    if ctx.enabled:
+        if cfg.algo in ("ppo", "spa"):
+            raise ValueError(
+                f"algo={cfg.algo} trains a critic/progress model per process, which torchrun runs "
+                "do not synchronise yet: use gigpo, grpo or rloo with several processes"
+            )
+        if cfg.groups_per_step < ctx.world_size:
+            raise ValueError(
+                f"groups_per_step={cfg.groups_per_step} < {ctx.world_size} processes: each rank "
+                f"rolls out whole groups, so use --groups-per-step {ctx.world_size} or more"
+            )
+        cfg.device = ctx.device  # cuda:<LOCAL_RANK> on GPUs
     state: dict[str, Any] = {}
     lora = {"r": cfg.lora_r, "lora_alpha": 2 * cfg.lora_r} if cfg.lora_r else None
     train_kw, test_kw = _env_kwargs(cfg, "train"), _env_kwargs(cfg, "test")
     eval_seed = 10_000 + cfg.seed
     pools: list[Any] = []
-    logger = _Logger(out, cfg.tensorboard, int(ckpts[-1].name.split("_")[1]) if ckpts else None)
+    logger: Any = NullLogger()  # only rank 0 writes metrics
+    if ctx.is_main:
+        logger = _Logger(out, cfg.tensorboard, int(ckpts[-1].name.split("_")[1]) if ckpts else None)
     writer = TrajectoryWriter(out / "trajectories.jsonl") if cfg.write_trajectories else None
     try:
         train_pool = EnvPool(cfg.env, cfg.num_envs, backend=cfg.backend, env_kwargs=train_kw)
@@ -547,13 +615,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         pools.append(eval_pool)
 
         def run_eval(policy: Any) -> dict[str, float]:
-            return evaluate(
-                eval_pool,
-                policy,
-                episodes=cfg.eval_episodes,
-                seed=eval_seed,
-                history_len=cfg.history_len,
-            )
+            with ctx.generation(policy.model):  # torchrun: each rank plays a block of episodes
+                return ctx.evaluate(
+                    evaluate,
+                    eval_pool,
+                    policy,
+                    episodes=cfg.eval_episodes,
+                    seed=eval_seed,
+                    history_len=cfg.history_len,
+                )
 
         if ckpts:
             # -- resume: model, optimizer and RNG states of the last checkpoint ----------------
@@ -570,7 +640,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         else:
             # -- model: given, or a tiny one built on env text ----------------------------------
             base_path = cfg.model
-            if base_path is None:
+            if base_path is None and ctx.is_main:  # under torchrun rank 0 builds it
                 from agentgym.trainers.tiny_model import collect_env_texts, init_model
 
                 texts = collect_env_texts(
@@ -591,6 +661,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                         seed=cfg.seed,
                     )
                 )
+            base_path = ctx.broadcast_object(base_path)
             state["base_model"] = base_path
             model, tok = load_model(base_path, device=cfg.device, dtype=cfg.dtype, lora=lora)
             policy0 = _make_policy(cfg, model, tok)
@@ -609,6 +680,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     history_len=cfg.history_len,
                     num_envs=cfg.num_envs,
                     backend=cfg.backend,
+                    explore=cfg.sft_explore,
                 )
                 examples = [
                     encode_example(tok, m, a, max_prompt_tokens=cfg.max_prompt_tokens)
@@ -617,7 +689,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 bar = tqdm(
                     total=cfg.sft_epochs * -(-len(examples) // cfg.sft_batch_size),
                     desc="sft",
-                    disable=not cfg.progress,
+                    disable=not cfg.progress or not ctx.is_main,
                 )
                 losses = sft_train(
                     model,
@@ -641,13 +713,20 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                         "eval/success": state["success_sft"],
                     }
                 )
-                model.save_pretrained(out / "sft_model")
-                tok.save_pretrained(out / "sft_model")
+                # Every rank ran the same SFT; rank 0's weights are the ones the wrap keeps.
+                if ctx.is_main:
+                    model.save_pretrained(out / "sft_model")
+                    tok.save_pretrained(out / "sft_model")
+                ctx.barrier()
             else:
                 logger.log({"step": 0, "eval/success": state["success_initial"]})
             start_step = 0
         # -- RL setup -------------------------------------------------------------------------
         policy = _make_policy(cfg, model, tok)
+        # DDP wrapper, or `model` sharded in place by FSDP2; the policy generates with `model`.
+        train_model = ctx.wrap(model)
+        if ctx.rank:  # each rank samples its own random stream
+            policy.generator.manual_seed(cfg.seed + 1_000_003 * ctx.rank)
         ref_model = None
         if cfg.kl_coef > 0:
             # The reference is the SFT model (with LoRA: the base model without adapters).
@@ -655,11 +734,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             ref_path = sft_dir if sft_dir.exists() and not lora else state["base_model"]
             ref_model, _ = load_model(ref_path, device=cfg.device, dtype=cfg.dtype)
             ref_model.eval().requires_grad_(False)
-        optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = make_optimizer(train_model, lr=cfg.lr, weight_decay=cfg.weight_decay)
         shuffle_rng = random.Random(cfg.seed)
         if ckpts:
-            optimizer.load_state_dict(state["optimizer"])
-            _set_rng_state(state["rng"], policy, shuffle_rng)
+            ctx.load_optimizer_state_dict(train_model, optimizer, state["optimizer"])
+            rngs = state.get("rng_by_rank") or []  # torchrun checkpoints keep every rank's RNG
+            same_world = len(rngs) == ctx.world_size
+            _set_rng_state(rngs[ctx.rank] if same_world else state["rng"], policy, shuffle_rng)
+            if ctx.rank and not same_world:
+                policy.generator.manual_seed(cfg.seed + 1_000_003 * ctx.rank + start_step)
         ppo_cfg = PPOConfig(
             clip_eps=cfg.clip_eps,
             dual_clip=cfg.dual_clip,
@@ -729,20 +812,27 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     obj.load_state_dict(state[name])
         # -- RL loop --------------------------------------------------------------------------
         bar = tqdm(
-            total=cfg.steps, initial=start_step, desc=f"{cfg.algo}", disable=not cfg.progress
+            total=cfg.steps,
+            initial=start_step,
+            desc=f"{cfg.algo}",
+            disable=not cfg.progress or not ctx.is_main,
         )
         for step in range(start_step + 1, cfg.steps + 1):
             t0 = time.perf_counter()
-            trajs = rollout(
-                train_pool,
-                policy,
-                num_groups=cfg.groups_per_step,
-                group_size=cfg.group_size,
-                seed=cfg.seed * 1_000_003 + (step - 1) * cfg.groups_per_step,
-                history_len=cfg.history_len,
-                writer=writer,
-                run_id=f"s{step}",
-            )
+            # Under torchrun each rank plays a block of whole groups [g0, g1) (seeds as in one
+            # process), so group-relative advantages are computed on complete groups.
+            g0, g1 = ctx.shard(cfg.groups_per_step)
+            with ctx.generation(model):
+                trajs = rollout(
+                    train_pool,
+                    policy,
+                    num_groups=g1 - g0,
+                    group_size=cfg.group_size,
+                    seed=cfg.seed * 1_000_003 + (step - 1) * cfg.groups_per_step + g0,
+                    history_len=cfg.history_len,
+                    writer=writer,
+                    run_id=f"s{step}-r{ctx.rank}" if ctx.enabled else f"s{step}",
+                )
             trajs.sort(key=lambda t: t.id)  # finish order varies; credit/batches must not
             t_roll = time.perf_counter() - t0
             shaped = _apply_penalty(trajs, cfg.invalid_penalty)
@@ -771,7 +861,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 extra.update({"epo/entropy_coef": lam_e, "epo/smooth_coef": beta_e})
             t1 = time.perf_counter()
             stats = ppo_update(
-                model,
+                train_model,
                 optimizer,
                 samples,
                 step_ppo_cfg,
@@ -779,6 +869,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 ref_model=ref_model,
                 rng=shuffle_rng,
                 entropy_history=entropy_history,
+                dist=ctx if ctx.enabled else None,  # losses normalised over all ranks' tokens
             )
             if critic is not None:
                 extra.update(critic.update(shaped, turn_returns(batch, credit_cfg), old_values))
@@ -802,12 +893,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 "time/rollout_s": t_roll,
                 "time/update_s": time.perf_counter() - t1,
             }
+            if ctx.enabled:  # the step over all ranks; times of the slowest rank
+                record.update(_global_train_metrics(ctx, trajs, shaped, samples))
+                t_max = ctx.all_reduce([t_roll, record["time/update_s"]], op="max")
+                record["time/rollout_s"], record["time/update_s"] = t_max
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                 record["eval/success"] = run_eval(policy)["success_rate"]
             logger.log(record)
             bar.update(1)
             bar.set_postfix(
-                success=f"{s.success_rate:.2f}",
+                success=f"{record['train/success']:.2f}",
                 loss=f"{stats.get('loss', 0):.3f}",
                 **({"eval": f"{record['eval/success']:.2f}"} if "eval/success" in record else {}),
             )
@@ -823,19 +918,34 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 ):
                     if obj is not None:
                         state_out[name] = obj.state_dict()
-                save_checkpoint(out, step, model, tok, optimizer, state_out, cfg.keep_checkpoints)
+                if ctx.enabled:  # collectives: every rank's RNG; FSDP2's full weights, AdamW
+                    state_out["rng_by_rank"] = ctx.all_gather_object(state_out["rng"])
+                model_state = ctx.model_state_dict(train_model, dedupe_tied=True)
+                opt_state = ctx.optimizer_state_dict(train_model, optimizer)
+                if ctx.is_main:
+                    save_checkpoint(
+                        out,
+                        step,
+                        unwrap(model),
+                        tok,
+                        opt_state,
+                        state_out,
+                        cfg.keep_checkpoints,
+                        model_state=model_state,
+                    )
+                ctx.barrier()
         bar.close()
         # -- final evaluation and report ------------------------------------------------------
         final = run_eval(policy)
         logger.log({"step": cfg.steps, "eval/success": final["success_rate"], "final": True})
-        model.save_pretrained(out / "model")
-        tok.save_pretrained(out / "model")
+        ctx.save_pretrained(model, tok, out / "model")  # rank 0 writes
     finally:
         for p in pools:
             p.close()
         if writer is not None:
             writer.close()
         logger.close()
+        ctx.close()
     history = logger.history()
     report = {
         "env": cfg.env,
@@ -869,8 +979,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "wall_time_s": round(time.perf_counter() - t_start, 1),
         "config": cfg.to_dict(),
     }
-    atomic_write_json(out / "report.json", report)
-    plot_curve(history, out / "curve.png", f"{cfg.env} - {cfg.algo}")
+    if ctx.is_main:
+        atomic_write_json(out / "report.json", report)
+        plot_curve(history, out / "curve.png", f"{cfg.env} - {cfg.algo}")
     return report
 
 

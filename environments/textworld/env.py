@@ -93,6 +93,8 @@ class TextWorldEnv(Env):
         preset: the game family and difficulty (``w2-o3-q4``, ``simple-dense``,
             ``cooking-r1-t1-g1`` ...; see :mod:`agentgym.environments.textworld.games`).
         num_games: games in the split; generated on first use and cached.
+        num_test_games: games in the ``test`` split when it should differ from ``num_games``
+            (a large training set, a smaller held-out one).
         split: ``"train"`` or ``"test"``; the two splits are generated from disjoint seeds, so a
             trainer can evaluate on held-out games.
         reward: ``"sparse"`` (1 on a win) or ``"dense"`` (score gained / max score).
@@ -119,7 +121,10 @@ class TextWorldEnv(Env):
         game_files: list[str] | None = None,
         max_open_games: int = 16,
         workers: int | None = None,
+        num_test_games: int | None = None,
     ) -> None:
+        if split == "test" and num_test_games is not None:
+            num_games = num_test_games
         if reward not in ("sparse", "dense"):
             raise ValueError(f"reward must be 'sparse' or 'dense', got {reward!r}")
         if split not in ("train", "test"):
