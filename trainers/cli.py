@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +86,17 @@ def _summary(report: dict[str, Any]) -> str:
     )
 
 
+def _print_report(report: dict[str, Any], as_json: bool) -> None:
+    # Under torchrun every rank returns the report; one line is enough.
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(report) if as_json else _summary(report))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from agentgym.trainers.train import train
 
     report = train(config_from_args(args))
-    print(json.dumps(report) if args.json else _summary(report))
+    _print_report(report, args.json)
     return 0
 
 
@@ -97,7 +104,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
     from agentgym.trainers.train import train
 
     report = train(config_from_args(args, steps=0))
-    print(json.dumps(report) if args.json else _summary(report))
+    _print_report(report, args.json)
     return 0
 
 
@@ -106,7 +113,7 @@ def cmd_model_init(args: argparse.Namespace) -> int:
     from agentgym.trainers.tiny_model import collect_env_texts, init_model
 
     agentgym.load_plugins()
-    envs = args.env or ["textworld/Custom-w2-o3-q4-v0"]
+    envs = args.env or ["textworld/Custom-w1-o3-q2-v0"]
     texts = collect_env_texts(envs, episodes=args.episodes, seed=args.seed)
     path = init_model(
         args.out,

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "train", "evaluate", "load_config_file", "ALGOS"]
+__all__ = ["TrainConfig", "train", "evaluate", "load_config_file", "config_markdown", "ALGOS"]
 
 ALGOS = ("gigpo", "grpo", "rloo", "ppo", "spa")
 GROUP_ALGOS = ("gigpo", "grpo", "rloo")
@@ -65,7 +65,7 @@ class TrainConfig:
         1, "torch CPU threads (0: torch's choice); 1 is fastest for tiny models on busy CPUs"
     )
     # -- environment --------------------------------------------------------------------------
-    env: str = _f("textworld/Custom-w2-o3-q4-v0", "env id to train on")
+    env: str = _f("textworld/Custom-w1-o3-q2-v0", "env id to train on")
     env_kwargs: dict = _f({}, "extra env kwargs (JSON on the command line)")
     split_kwarg: str | None = _f(
         "split", "env kwarg selecting train/test tasks (None: the env has no splits)"
@@ -85,21 +85,21 @@ class TrainConfig:
     lora_r: int = _f(0, "LoRA rank (0: train all weights)")
     dtype: str = _f("float32", "weights dtype: float32 | bfloat16")
     # -- SFT warm start -----------------------------------------------------------------------
-    sft_episodes: int = _f(32, "expert episodes for the SFT warm start (0: no SFT)")
-    sft_epochs: int = _f(3, "passes over the SFT data")
+    sft_episodes: int = _f(256, "expert episodes for the SFT warm start (0: no SFT)")
+    sft_epochs: int = _f(6, "passes over the SFT data")
     sft_lr: float = _f(2e-3, "SFT learning rate (AdamW, warmup + linear decay)")
     sft_batch_size: int = _f(16, "SFT turns per optimizer step")
     sft_explore: float = _f(
-        0.0, "SFT data: chance of a random move instead of the expert's (labels stay expert's)"
+        0.3, "SFT data: chance of a random move instead of the expert's (labels stay expert's)"
     )
     # -- rollouts -----------------------------------------------------------------------------
     algo: str = _f("gigpo", "advantage estimator: gigpo | grpo | rloo | ppo | spa", choices=ALGOS)
-    steps: int = _f(20, "RL iterations (collect + update)")
-    groups_per_step: int = _f(4, "task groups per iteration (distinct seeds)")
-    group_size: int = _f(6, "episodes per group (same task and start state)")
+    steps: int = _f(8, "RL iterations (collect + update)")
+    groups_per_step: int = _f(8, "task groups per iteration (distinct seeds)")
+    group_size: int = _f(4, "episodes per group (same task and start state)")
     max_new_tokens: int = _f(16, "reply budget per turn (tokens)")
-    temperature: float = _f(1.0, "sampling temperature during training")
-    history_len: int = _f(2, "(observation, action) pairs of history in each prompt")
+    temperature: float = _f(0.7, "sampling temperature during training")
+    history_len: int = _f(1, "(observation, action) pairs of history in each prompt")
     max_prompt_tokens: int = _f(1024, "longer prompts keep their last tokens")
     invalid_penalty: float = _f(0.1, "subtracted from a turn's reward when the reply has no action")
     # -- credit assignment --------------------------------------------------------------------
@@ -124,7 +124,7 @@ class TrainConfig:
     epo_k_low: float = _f(0.2, "EPO band below the historical entropy (fraction)")
     epo_k_high: float = _f(0.2, "EPO band above the historical entropy (fraction)")
     # -- PPO update ---------------------------------------------------------------------------
-    lr: float = _f(2e-4, "RL learning rate (AdamW, constant)")
+    lr: float = _f(5e-5, "RL learning rate (AdamW, constant)")
     weight_decay: float = _f(0.0, "AdamW weight decay (not on biases and norms)")
     ppo_epochs: int = _f(1, "passes over each iteration's turns")
     minibatch_size: int = _f(64, "turns per optimizer step")
@@ -143,8 +143,8 @@ class TrainConfig:
         choices=("ddp", "fsdp"),
     )
     # -- evaluation, logging, checkpoints -----------------------------------------------------
-    eval_every: int = _f(5, "greedy held-out evaluation every N steps (0: only before/after)")
-    eval_episodes: int = _f(16, "held-out episodes per evaluation")
+    eval_every: int = _f(4, "greedy held-out evaluation every N steps (0: only before/after)")
+    eval_episodes: int = _f(64, "held-out episodes per evaluation")
     save_every: int = _f(5, "checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk")
     tensorboard: bool = _f(True, "write TensorBoard logs to out/tb")
@@ -220,6 +220,16 @@ class TrainConfig:
                 f"unknown config key(s) {unknown}: see `agentgym train --help` for the valid ones"
             )
         return cls(**d)
+
+
+def config_markdown() -> str:
+    """The settings table of ``docs/training.md``: every field, its flag, default and help."""
+    rows = ["| field / flag | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        flag = "--" + f.name.replace("_", "-")
+        rows.append(f"| `{f.name}` / `{flag}` | `{default!r}` | {f.metadata['help']} |")
+    return "\n".join(rows) + "\n"
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

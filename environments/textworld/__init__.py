@@ -10,11 +10,20 @@ from agentgym.registration import register
 _EP = "agentgym.environments.textworld.env:TextWorldEnv"
 
 register(
+    id="textworld/Custom-w1-o3-q2-v0",
+    entry_point=_EP,
+    max_turns=10,
+    kwargs={"preset": "w1-o3-q2", "num_games": 256, "num_test_games": 64, "reward": "sparse"},
+    description="1 room, 3+ objects, a 2-step quest; 256 train and 64 test games, shipped "
+    "pre-built (the default of agentgym train)",
+    extras="textworld",
+)
+register(
     id="textworld/Custom-w2-o3-q4-v0",
     entry_point=_EP,
     max_turns=20,
     kwargs={"preset": "w2-o3-q4", "num_games": 8, "reward": "sparse"},
-    description="2 rooms, 3+ objects, a 4-step quest; 8 games (smallest, default for training)",
+    description="2 rooms, 3+ objects, a 4-step quest; 8 games",
     extras="textworld",
 )
 register(

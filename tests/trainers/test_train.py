@@ -298,3 +298,12 @@ def test_agentgym_train_cli_end_to_end(tmp_path):
     assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
     trajs = agentgym.read_trajectories(out / "trajectories.jsonl")
     assert len(trajs) == 2 * 2 * 2 and all(t.env == "test/Signs-v0" for t in trajs)
+
+
+def test_docs_list_every_setting_with_its_default() -> None:
+    """docs/training.md's settings table is `config_markdown()` verbatim (regenerate it with
+    ``python -c "from agentgym.trainers.train import config_markdown; print(config_markdown())"``)."""
+    from agentgym.trainers.train import config_markdown
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+    assert config_markdown() in doc
