@@ -175,19 +175,7 @@ class HFPolicy:
     def act(self, contexts: Sequence[TurnContext]) -> list[PolicyOutput]:
         prompts = [self.prompt_ids(c) for c in contexts]
         responses, logprobs = self.generate(prompts)
-        outs = []
-        for p, r, lp in zip(prompts, responses, logprobs):
-            text = self.tokenizer.decode(r, skip_special_tokens=True)
-            action, ok = parse_action(text)
-            outs.append(
-                PolicyOutput(
-                    action=action,
-                    response=text,
-                    format_ok=ok,
-                    extras={"prompt_ids": p, "response_ids": r, "logprobs": lp},
-                )
-            )
-        return outs
+        return decode_outputs(self.tokenizer, prompts, responses, logprobs)
 
     def generate(self, prompts: Sequence[list[int]]) -> tuple[list[list[int]], list[list[float]]]:
         """Decode a batch of prompts together; return response ids and their log-probs.
@@ -253,6 +241,30 @@ class HFPolicy:
         if was_training:
             model.train()
         return out_ids, out_lp
+
+
+def decode_outputs(
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    responses: Sequence[list[int]],
+    logprobs: Sequence[list[float]],
+    **extras: Any,
+) -> list[PolicyOutput]:
+    """Policy outputs of generated replies: decoded text, the parsed ``<action>``, and the token
+    ids and log-probs a trainer needs (plus ``extras`` in every output's ``extras``)."""
+    outs = []
+    for p, r, lp in zip(prompts, responses, logprobs):
+        text = tokenizer.decode(r, skip_special_tokens=True)
+        action, ok = parse_action(text)
+        outs.append(
+            PolicyOutput(
+                action=action,
+                response=text,
+                format_ok=ok,
+                extras={"prompt_ids": p, "response_ids": r, "logprobs": lp, **extras},
+            )
+        )
+    return outs
 
 
 def encode_prompt(tokenizer: Any, messages: list[dict[str, str]], max_tokens: int) -> list[int]:

@@ -46,7 +46,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from agentgym.policies import PolicyOutput, TurnContext, build_messages, parse_action
+from agentgym.policies import PolicyOutput, TurnContext, build_messages
 
 __all__ = ["VLLMPolicy", "vllm_unavailable_reason", "merged_hf_weights", "load_weights_into"]
 
@@ -258,26 +258,13 @@ class VLLMPolicy:
         return ids, lps
 
     def act(self, contexts: Sequence[TurnContext]) -> list[PolicyOutput]:
+        from agentgym.trainers.hf_policy import decode_outputs
+
         prompts = [self.prompt_ids(c) for c in contexts]
         responses, logprobs = self.generate(prompts)
-        outs = []
-        for p, r, lp in zip(prompts, responses, logprobs):
-            text = self.tokenizer.decode(r, skip_special_tokens=True)
-            action, ok = parse_action(text)
-            outs.append(
-                PolicyOutput(
-                    action=action,
-                    response=text,
-                    format_ok=ok,
-                    extras={
-                        "prompt_ids": p,
-                        "response_ids": r,
-                        "logprobs": lp,
-                        "weight_version": self.weight_version,
-                    },
-                )
-            )
-        return outs
+        return decode_outputs(
+            self.tokenizer, prompts, responses, logprobs, weight_version=self.weight_version
+        )
 
     # -- training -----------------------------------------------------------------------------
     def sync_weights(self, model: Any) -> int:

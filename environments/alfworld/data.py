@@ -18,17 +18,16 @@ caches a set made by :mod:`.generator` in the same layout.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from agentgym.environments.alfworld.generator import GENERATOR_VERSION, TASK_TYPE_IDS, TASK_TYPES
+from agentgym.utils import file_lock
 
 __all__ = [
     "SPLITS",
@@ -140,17 +139,6 @@ def collect_games(split_dir: str | os.PathLike[str], task_types: Sequence[str]) 
     return games
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def generated_games(
     split: str,
     num_games: int,
@@ -177,7 +165,7 @@ def generated_games(
     manifest = root / "manifest.json"
     if manifest.exists():
         return root / "json_2.1.1"
-    with _file_lock(root.parent / f".{key}.lock"):
+    with file_lock(root.parent / f".{key}.lock"):
         if not manifest.exists():
             from agentgym.environments.alfworld.generator import generate_games
 

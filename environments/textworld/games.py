@@ -28,9 +28,7 @@ whose presence marks a complete game), so a reader never sees half a game.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -40,11 +38,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agentgym.utils import cache_dir
+from agentgym.utils import cache_dir, file_lock
 
 __all__ = [
     "Preset",
@@ -184,17 +182,6 @@ def game_path(preset: Preset, seed: int, root: Path | None = None) -> Path:
     return folder / f"seed{seed}.z8"
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _options(preset: Preset, seed: int, out: Path) -> Any:
     import textworld
 
@@ -252,7 +239,7 @@ def generate_game(preset: Preset | str, seed: int, *, root: Path | None = None) 
     dest = game_path(preset, seed, root)
     if dest.exists() and dest.with_suffix(".json").exists():
         return dest
-    with _file_lock(dest.with_suffix(".lock")):
+    with file_lock(dest.with_suffix(".lock")):
         if dest.exists() and dest.with_suffix(".json").exists():
             return dest  # another process made it while we waited
         from textworld.generator import GenerationWarning, QuestGenerationError
@@ -371,7 +358,7 @@ def unpack_bundle(preset: Preset, seeds: Sequence[int], root: Path | None = None
         return 0
     folder = game_path(preset, 0, root).parent
     added = 0
-    with _file_lock(folder / ".bundle.lock"), tarfile.open(src, "r:xz") as tar:
+    with file_lock(folder / ".bundle.lock"), tarfile.open(src, "r:xz") as tar:
         members: dict[int, dict[str, tarfile.TarInfo]] = {}
         for m in tar.getmembers():
             match = _MEMBER_RE.match(m.name)
