@@ -51,6 +51,10 @@ def test_t_interval_matches_tables() -> None:
     assert (lo, hi) == (pytest.approx(0.445740, abs=1e-5), pytest.approx(4.554260, abs=1e-5))
     one = stats.mean([3.0])
     assert one.value == 3.0 and one.low is None and one.high is None
+    # [2, 10]: mean 6, se 4, half = 12.706205 * 4: the raw interval starts below zero turns
+    raw, clipped = stats.mean([2, 10]), stats.mean([2, 10], lower=0.0, upper=50.0)
+    assert raw.low == pytest.approx(6 - 50.82482, abs=1e-4) and clipped.low == 0.0
+    assert raw.high == pytest.approx(6 + 50.82482, abs=1e-4) and clipped.high == 50.0
     assert stats.rate(0, 0).n == 0
 
 

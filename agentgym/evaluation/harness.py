@@ -377,7 +377,7 @@ def _metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "episodes": n,
         "success_rate": stats.rate(won, n).to_dict(),
         "mean_reward": stats.mean(returns).to_dict(),
-        "mean_turns": stats.mean(turns).to_dict(),
+        "mean_turns": stats.mean(turns, lower=0.0).to_dict(),
         "invalid_action_rate": stats.rate(invalid, len(all_turns)).to_dict(),
         "timeout_rate": stats.rate(timed_out, n).to_dict(),
         "won": won,

@@ -211,8 +211,18 @@ def rate(successes: int, n: int, confidence: float = 0.95) -> Estimate:
     return Estimate(successes / n, lo, hi, n, confidence)
 
 
-def mean(values: Sequence[float], confidence: float = 0.95) -> Estimate:
-    """A mean with its Student-t interval (undefined bounds for fewer than two values)."""
+def mean(
+    values: Sequence[float],
+    confidence: float = 0.95,
+    *,
+    lower: float | None = None,
+    upper: float | None = None,
+) -> Estimate:
+    """A mean with its Student-t interval (undefined bounds for fewer than two values).
+
+    ``lower`` / ``upper``: the range the quantity can take (e.g. ``lower=0`` for turn counts);
+    the interval is clipped to it, so a few spread-out values never report an impossible bound.
+    """
     vals = [float(v) for v in values]
     n = len(vals)
     if n == 0:
@@ -221,4 +231,8 @@ def mean(values: Sequence[float], confidence: float = 0.95) -> Estimate:
     if n < 2:
         return Estimate(m, None, None, n, confidence)
     lo, hi = t_interval(vals, confidence)
+    if lower is not None:
+        lo = max(lo, lower)
+    if upper is not None:
+        hi = min(hi, upper)
     return Estimate(m, lo, hi, n, confidence)
