@@ -36,6 +36,11 @@ from agentgym.policies import SYSTEM_PROMPT, PolicyOutput, TurnContext, build_me
 __all__ = ["OpenAIPolicy", "PolicyServerError", "chat_completion"]
 
 
+#: HTTP statuses that reject one request's content (too long, malformed for this model) rather
+#: than the client's set-up; such a turn is recorded as an invalid action instead of ending the run.
+REJECTED_TURN_STATUSES = (400, 413, 422)
+
+
 class PolicyServerError(RuntimeError):
     """A model server did not answer usefully.
 
@@ -220,15 +225,27 @@ class OpenAIPolicy:
         if self.send_seed:
             body["seed"] = self._request_seed(k)
         t0 = time.perf_counter()
-        resp, retries = chat_completion(
-            self.url,
-            body,
-            api_key=self.api_key,
-            timeout_s=self.timeout_s,
-            max_retries=self.max_retries,
-            backoff_s=self.backoff_s,
-            rng=random.Random(self._request_seed(k)),
-        )
+        try:
+            resp, retries = chat_completion(
+                self.url,
+                body,
+                api_key=self.api_key,
+                timeout_s=self.timeout_s,
+                max_retries=self.max_retries,
+                backoff_s=self.backoff_s,
+                rng=random.Random(self._request_seed(k)),
+            )
+        except PolicyServerError as e:
+            if e.status not in REJECTED_TURN_STATUSES:
+                raise  # down, or misconfigured (wrong URL, model, key): the run must stop
+            # The server refused this one prompt (e.g. longer than the model's context): the
+            # turn becomes an invalid action that says why, and the episode goes on.
+            return PolicyOutput(
+                action="",
+                response="",
+                format_ok=False,
+                extras={"rejected": str(e), "status": e.status},
+            )
         try:
             choice = resp["choices"][0]
             content = choice["message"].get("content") or ""

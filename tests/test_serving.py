@@ -148,6 +148,19 @@ def test_openai_policy_concurrent_batch(server) -> None:
     assert ei.value.transient is False
 
 
+def test_a_prompt_the_server_rejects_is_an_invalid_turn_not_a_crash(server) -> None:
+    """A prompt longer than the model's context gets HTTP 400: that turn becomes an invalid
+    action carrying the server's reason; the other prompts of the batch are answered."""
+    pol = OpenAIPolicy(server.url, model="tiny", max_tokens=4, concurrency=2)
+    long_obs = Observation(text="word " * 3000, task="win", admissible_actions=("a",))
+    ok_obs = Observation(text="a short room", task="win", admissible_actions=("a",))
+    outs = pol.act([TurnContext(env_id="x", observation=o) for o in (long_obs, ok_obs)])
+    assert outs[0].action == "" and outs[0].format_ok is False
+    assert outs[0].extras["status"] == 400 and "context" in outs[0].extras["rejected"]
+    assert "rejected" not in outs[1].extras and "usage" in outs[1].extras
+    pol.close()
+
+
 def test_eval_over_http_end_to_end(server, tmp_path: Path, capsys) -> None:
     from agentgym.cli import main
 
