@@ -148,8 +148,10 @@ def cmd_rollout(args: argparse.Namespace) -> int:
             spec,
             num_envs=min(args.num_envs, total),
             backend=args.backend,
+            num_workers=args.num_workers,
             env_kwargs=_parse_kv(args.env_kwarg),
         ) as pool:
+            workers = pool.num_workers
             trajs = rollout(
                 pool,
                 policy,
@@ -165,7 +167,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
             writer.close()
     s = summarize(trajs)
     s.seconds = time.perf_counter() - t0
-    summary = {"env": spec.id, "policy": args.policy, **s.to_dict()}
+    summary = {"env": spec.id, "policy": args.policy, **s.to_dict(), "workers": workers}
     if args.out:
         summary["out"] = args.out
     print(json.dumps(summary) if args.json else _format_summary(summary))
@@ -214,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--num-envs", type=int, default=8, help="parallel env copies")
     r.add_argument("--backend", default="process", choices=["process", "sync", "ray"])
+    r.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="worker processes / Ray actors holding the envs (default: min(envs, CPUs))",
+    )
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", help="trajectory JSONL file to append to")
     r.add_argument("--env-kwarg", action="append", default=[], metavar="K=V")

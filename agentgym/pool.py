@@ -262,6 +262,7 @@ class EnvPool:
         base, extra = divmod(num_envs, n_workers)
         sizes = [base + (1 if w < extra else 0) for w in range(n_workers)]
         self._sizes = sizes
+        self.num_workers = n_workers
         self._where: list[tuple[int, int]] = [
             (w, j) for w, size in enumerate(sizes) for j in range(size)
         ]

@@ -55,6 +55,13 @@ def test_rollout_expert_writes_trajectories(corridor_id: str, tmp_path: Path, ca
     assert len(trajs) == 6 and len({t.group for t in trajs}) == 2
 
 
+def test_rollout_num_workers_packs_envs(corridor_id: str, capsys) -> None:
+    argv = ["rollout", corridor_id, "--policy", "expert", "--episodes", "4", "--num-envs", "4"]
+    assert main([*argv, "--num-workers", "2", "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["workers"] == 2 and summary["success_rate"] == 1.0
+
+
 def test_play_scripted(corridor_id: str, tmp_path: Path, capsys) -> None:
     actions = tmp_path / "actions.txt"
     actions.write_text("# comment\nright\nfly\nright\n")
