@@ -95,7 +95,12 @@ def table_markdown(
     return "\n".join(rows) + "\n"
 
 
-def plot(agg: dict[str, dict[int, tuple[float, float, int]]], path: Path, title: str) -> None:
+def plot(
+    agg: dict[str, dict[int, tuple[float, float, int]]],
+    path: Path,
+    title: str,
+    ylabel: str = "held-out success (greedy)",
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,7 +120,7 @@ def plot(agg: dict[str, dict[int, tuple[float, float, int]]], path: Path, title:
             alpha=0.12,
         )
     ax.set_xlabel("RL step")
-    ax.set_ylabel("held-out success (greedy)")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
@@ -207,13 +212,15 @@ def run_bench(
         + "\nTraining success (sampled episodes of each RL step, train split):\n\n"
         + table_markdown(agg_train, wall)
     )
-    atomic_write(out / "table.md", table)
+    with atomic_write(out / "table.md") as f:
+        f.write(table)
+    eff = {**TrainConfig().to_dict(), **base}  # the settings the runs actually used
     title = (
-        f"{base.get('env', 'default env')}: {len(seeds)} seeds x {base.get('steps')} steps x "
-        f"{base.get('groups_per_step')}x{base.get('group_size')} episodes"
+        f"{eff['env']}: {len(seeds)} seeds x {eff['steps']} steps x "
+        f"{eff['groups_per_step']}x{eff['group_size']} episodes"
     )
     plot(agg, out / "success.png", title)
-    plot(agg_train, out / "train_success.png", title + " (train, sampled)")
+    plot(agg_train, out / "train_success.png", title, "training success (sampled episodes)")
     result = {
         "methods": list(methods),
         "seeds": list(seeds),

@@ -8,6 +8,7 @@ An expert reads the sign; a random policy rarely gets through. It registers as
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -307,3 +308,30 @@ def test_docs_list_every_setting_with_its_default() -> None:
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
     assert config_markdown() in doc
+
+
+@needs_torch
+def test_bench_algos_writes_table_plot_and_results(tmp_path, tiny_model):
+    """`agentgym bench algos` end to end on two methods: one shared SFT start, a run per
+    method, then the table, the plots and results.json (re-running reuses the cached runs)."""
+    from agentgym.trainers.bench_algos import run_bench
+
+    base = {
+        k: v
+        for k, v in dataclasses.asdict(_small(tmp_path, tiny_model, steps=1)).items()
+        if k not in ("out", "seed")
+    }
+    base.update(eval_every=1, save_every=0, kl_coef=0.0)
+    logs: list[str] = []
+    res = run_bench(
+        tmp_path / "b", methods=["grpo", "gigpo"], seeds=[0], base=base, log=logs.append
+    )
+    assert [r["method"] for r in res["runs"]] == ["grpo", "gigpo"]
+    assert set(res["table"]) == {"grpo", "gigpo"} and "1" in res["table"]["gigpo"]
+    for name in ("table.md", "results.json", "success.png", "train_success.png"):
+        assert (tmp_path / "b" / name).stat().st_size > 0
+    assert "| gigpo |" in (tmp_path / "b" / "table.md").read_text()
+    again = run_bench(
+        tmp_path / "b", methods=["grpo", "gigpo"], seeds=[0], base=base, log=logs.append
+    )
+    assert again["table"] == res["table"] and len(logs) == 3  # SFT + 2 runs, nothing retrained
