@@ -90,10 +90,10 @@ def bench_pool(
 
 def cmd_bench_envs(args: argparse.Namespace) -> int:
     import agentgym
-    from agentgym.cli import _parse_kv
+    from agentgym.cli import parse_kv
 
     agentgym.load_plugins()
-    kwargs = _parse_kv(args.env_kwarg)
+    kwargs = parse_kv(args.env_kwarg)
     # Warm up caches (generated games, indexes) outside the timed region.
     with agentgym.make(args.env, **kwargs) as e:
         e.reset(seed=args.seed)

@@ -55,12 +55,12 @@ def cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_kv(pairs: Sequence[str]) -> dict[str, Any]:
-    """``key=value`` pairs from the CLI; values are parsed as JSON when they can be."""
+def parse_kv(pairs: Sequence[str], flag: str = "--env-kwarg") -> dict[str, Any]:
+    """``key=value`` pairs given with ``flag``; values are parsed as JSON when they can be."""
     out: dict[str, Any] = {}
     for p in pairs:
         if "=" not in p:
-            raise SystemExit(f"--env-kwarg expects key=value, got {p!r}")
+            raise ValueError(f"{flag} expects key=value, got {p!r}")
         k, v = p.split("=", 1)
         try:
             out[k] = json.loads(v)
@@ -73,7 +73,7 @@ def cmd_play(args: argparse.Namespace) -> int:
     import agentgym
 
     agentgym.load_plugins()
-    env = agentgym.make(args.env, **_parse_kv(args.env_kwarg))
+    env = agentgym.make(args.env, **parse_kv(args.env_kwarg))
     scripted = None
     if args.actions:
         with open(args.actions, encoding="utf-8") as f:
@@ -149,7 +149,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
             num_envs=min(args.num_envs, total),
             backend=args.backend,
             num_workers=args.num_workers,
-            env_kwargs=_parse_kv(args.env_kwarg),
+            env_kwargs=parse_kv(args.env_kwarg),
         ) as pool:
             workers = pool.num_workers
             trajs = rollout(

@@ -10,20 +10,11 @@ import eval_toy_env
 import pytest
 
 from agentgym.cli import main
+from agentgym.environments.webshop.gui import launch_chromium
 from agentgym.evaluation.harness import EvalConfig, load_episodes, run_eval
 from agentgym.evaluation.report import render_report
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +92,7 @@ def test_report_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
     errors: list[str] = []
     requests: list[str] = []
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = launch_chromium(p, CHROMIUM)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

@@ -126,11 +126,11 @@ def plot(
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    from agentgym.utils import atomic_write
+
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def run_bench(
@@ -270,17 +270,13 @@ def cmd_bench_algos(args: argparse.Namespace) -> int:
         v = getattr(args, key, None)
         if v is not None:
             base[key] = v
-    for item in args.set or []:
-        if "=" not in item:
-            raise SystemExit(f"--set {item!r}: write KEY=VALUE with a TrainConfig field as KEY")
-        k, v = item.split("=", 1)
+    from agentgym.cli import parse_kv
+
+    for k, v in parse_kv(args.set or [], "--set").items():
         k = k.replace("-", "_")
         if k not in names:
-            raise SystemExit(f"--set {k}: not a TrainConfig field (see `agentgym train --help`)")
-        try:
-            base[k] = json.loads(v)
-        except json.JSONDecodeError:
-            base[k] = v
+            raise ValueError(f"--set {k}: not a TrainConfig field (see `agentgym train --help`)")
+        base[k] = v
     methods = args.methods.split(",") if args.methods else list(METHODS)
     result = run_bench(
         args.out,

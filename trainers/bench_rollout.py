@@ -333,7 +333,7 @@ def _print_report(r: dict[str, Any]) -> None:
 
 
 def cmd_bench_rollout(args: argparse.Namespace) -> int:
-    from agentgym.cli import _parse_kv
+    from agentgym.cli import parse_kv
 
     if args.threads:
         import torch
@@ -353,7 +353,7 @@ def cmd_bench_rollout(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         device=args.device,
         dtype=args.dtype,
-        env_kwargs=_parse_kv(args.env_kwarg),
+        env_kwargs=parse_kv(args.env_kwarg),
         tiny={"hidden": args.tiny_hidden, "layers": args.tiny_layers, "vocab": args.tiny_vocab},
         repeats=args.repeats,
     )

@@ -393,11 +393,11 @@ def _samples(trajs: Sequence[Any], advantages: Sequence[Any]) -> list[Any]:
     return samples
 
 
-def _global_train_metrics(
+def _train_metrics(
     ctx: Any, trajs: Sequence[Any], shaped: Sequence[Any], samples: Sequence[Any]
 ) -> dict[str, float]:
-    """Distributed run: the ``train/*`` metrics of the step over all ranks' episodes (each rank
-    holds some groups); the same formulas as the single-process record."""
+    """The ``train/*`` metrics of one RL step; under torchrun over all ranks' episodes (each
+    rank holds some groups), in one process over its own."""
     from agentgym.rollout import summarize
 
     s = summarize(trajs)
@@ -540,11 +540,11 @@ def plot_curve(history: Sequence[dict[str, Any]], path: Path, title: str) -> Non
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    from agentgym.utils import atomic_write
+
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -558,7 +558,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     from agentgym.pool import EnvPool
-    from agentgym.rollout import rollout, summarize
+    from agentgym.rollout import rollout
     from agentgym.trainers.credit import (
         CreditBatch,
         CreditConfig,
@@ -884,27 +884,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if critic is not None:
                 extra.update(critic.update(shaped, turn_returns(batch, credit_cfg), old_values))
             model.eval()
-            s = summarize(trajs)
             record: dict[str, Any] = {
                 "step": step,
-                "train/success": s.success_rate,
-                "train/return": sum(t.return_ for t in shaped) / len(shaped),
-                "train/turns": s.mean_turns,
-                "train/invalid": s.invalid / max(s.turns, 1),
-                "train/format_ok": sum(
-                    u.info.get("format_ok", True) for t in trajs for u in t.turns
-                )
-                / max(s.turns, 1),
-                "train/samples": len(samples),
-                "train/reply_tokens": sum(len(x.response_ids) for x in samples)
-                / max(len(samples), 1),
+                **_train_metrics(ctx, trajs, shaped, samples),
                 **{f"loss/{k}": v for k, v in stats.items()},
                 **{(k if "/" in k else f"credit/{k}"): v for k, v in extra.items()},
                 "time/rollout_s": t_roll,
                 "time/update_s": time.perf_counter() - t1,
             }
-            if ctx.enabled:  # the step over all ranks; times of the slowest rank
-                record.update(_global_train_metrics(ctx, trajs, shaped, samples))
+            if ctx.enabled:  # times of the slowest rank
                 t_max = ctx.all_reduce([t_roll, record["time/update_s"]], op="max")
                 record["time/rollout_s"], record["time/update_s"] = t_max
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:

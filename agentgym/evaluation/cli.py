@@ -16,20 +16,8 @@ from typing import Any
 __all__ = ["add_cli"]
 
 
-def _kv(pairs: list[str], flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for p in pairs:
-        if "=" not in p:
-            raise ValueError(f"{flag} expects key=value, got {p!r}")
-        k, v = p.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
+    from agentgym.cli import parse_kv
     from agentgym.evaluation.harness import CONFIG_FILE, EvalConfig, EvalInterrupted, run_eval
 
     for mod in args.import_:
@@ -49,10 +37,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not env:
         raise ValueError("--env is required (e.g. --env textworld/Simple-v0)")
     env_kwargs = (
-        _kv(args.env_kwarg, "--env-kwarg") if args.env_kwarg else stored.get("env_kwargs", {})
+        parse_kv(args.env_kwarg, "--env-kwarg") if args.env_kwarg else stored.get("env_kwargs", {})
     )
     policy_kwargs = (
-        _kv(args.policy_kwarg, "--policy-kwarg")
+        parse_kv(args.policy_kwarg, "--policy-kwarg")
         if args.policy_kwarg
         else stored.get("policy_kwargs", {})
     )

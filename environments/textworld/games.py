@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agentgym.utils import cache_dir, file_lock
+from agentgym.utils import atomic_write, cache_dir, file_lock
 
 __all__ = [
     "Preset",
@@ -369,12 +369,8 @@ def unpack_bundle(preset: Preset, seeds: Sequence[int], root: Path | None = None
             if len(pair) != 2 or _complete(dest):
                 continue
             for ext in ("json", "z8"):  # the .z8 last: its presence marks a complete game
-                data = tar.extractfile(pair[ext]).read()  # type: ignore[union-attr]
-                fd, tmp = tempfile.mkstemp(prefix=".unpack-", dir=folder)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, dest.with_suffix(f".{ext}"))
+                with atomic_write(dest.with_suffix(f".{ext}"), "wb") as f:
+                    f.write(tar.extractfile(pair[ext]).read())  # type: ignore[union-attr]
             added += 1
     return added
 
@@ -399,8 +395,6 @@ def write_bundle(
                 data = f.read_bytes()
                 info.size, info.mode, info.mtime = len(data), 0o644, 0
                 tar.addfile(info, io.BytesIO(data))
-    from agentgym.utils import atomic_write
-
     with atomic_write(dest, "wb") as f:
         f.write(lzma.compress(buf.getvalue(), preset=9 | lzma.PRESET_EXTREME))
     return dest
