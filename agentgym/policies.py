@@ -106,12 +106,14 @@ def parse_action(reply: str) -> tuple[str, bool]:
     """Extract the action from a model reply: ``(action, ok)``.
 
     The last ``<action>...</action>`` wins (models sometimes quote the format in their reasoning).
-    Without one, the whole stripped reply is returned with ``ok = False``; the env then answers
-    that the action is not valid.
+    The action keeps its inner line breaks and indentation (a tool call may carry a file's
+    content or a patch); only the blank space around it is stripped. Envs whose commands are one
+    line normalise spaces themselves. Without a tag, the whole stripped reply is returned with
+    ``ok = False``; the env then answers that the action is not valid.
     """
     found = _ACTION_RE.findall(reply)
     if found:
-        action = " ".join(found[-1].split())
+        action = found[-1].replace("\r\n", "\n").strip()
         return action, bool(action)
     return " ".join(reply.split())[:200], False
 

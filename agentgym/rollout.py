@@ -18,7 +18,7 @@ from agentgym.policies import Policy, TurnContext
 from agentgym.pool import EnvPool
 from agentgym.trajectory import Trajectory, TrajectoryWriter, Turn
 
-__all__ = ["rollout", "RolloutStats", "summarize"]
+__all__ = ["rollout", "RolloutStats", "summarize", "episode_metric_sums"]
 
 
 @dataclass
@@ -66,6 +66,24 @@ def summarize(trajs: Sequence[Trajectory]) -> RolloutStats:
         s.invalid += sum(not x.valid for x in t.turns)
         s.crashed += int(t.crashed)
     return s
+
+
+def episode_metric_sums(trajs: Sequence[Trajectory]) -> dict[str, float]:
+    """Per-episode env metrics summed over episodes: an env that reports
+    ``info["metrics"] = {name: number}`` (e.g. SWE's ``completion`` / ``modification`` /
+    ``resolution``) has each episode's LAST turn's values added up; an episode whose last turn
+    lacks a name (a crash, a turn limit before the env's end) counts 0 for it. Divide by the
+    number of episodes for rates. ``{}`` when no episode reports metrics."""
+    sums: dict[str, float] = {}
+    for t in trajs:
+        m = t.turns[-1].info.get("metrics") if t.turns else None
+        if isinstance(m, dict):
+            for k, v in m.items():
+                if isinstance(v, (int, float)):
+                    sums[str(k)] = sums.get(str(k), 0.0) + float(v)
+                    continue
+                sums.setdefault(str(k), 0.0)
+    return sums
 
 
 def rollout(

@@ -21,6 +21,7 @@ from agentgym.evaluation.harness import (
     load_episodes,
     run_eval,
     summarize,
+    summary_markdown,
 )
 from agentgym.policies import PolicyOutput
 
@@ -90,6 +91,22 @@ def test_summary_on_hand_built_records() -> None:
     assert set(s["by_task_type"]) == {"pick", "heat"}
     assert s["by_task_type"]["heat"]["success_rate"]["value"] == 1.0
     assert s["by_task_type"]["pick"]["mean_turns"]["value"] == 2.5
+
+
+def test_summary_env_metrics_from_the_last_turn() -> None:
+    """An env's info["metrics"] (e.g. SWE completion/modification/resolution) are read from each
+    episode's last turn; an episode without them counts 0."""
+    recs = [_rec(i, i == 0, [True, True], "t", 0.0) for i in range(4)]
+    recs[0]["turns"][-1]["info"] = {"metrics": {"completion": 1.0, "resolution": 1.0}}
+    recs[1]["turns"][-1]["info"] = {"metrics": {"completion": 1.0, "resolution": 0.0}}
+    recs[2]["turns"][0]["info"] = {"metrics": {"completion": 1.0}}  # not the last turn
+    s = summarize(recs)
+    assert s["env_metrics"]["completion"]["value"] == pytest.approx(0.5)
+    assert s["env_metrics"]["resolution"]["value"] == pytest.approx(0.25)
+    assert s["env_metrics"]["completion"]["n"] == 4
+    md = summary_markdown(s)
+    assert "| completion (env metric, mean per episode) | 0.500 |" in md
+    assert "env_metrics" not in summarize(recs[2:])
 
 
 # ---------------------------------------------------------------------------- end to end

@@ -5,6 +5,10 @@ evaluation episodes; only the estimator (and EPO's loss terms) differ:
 
     grpo, rloo, ppo (turn-level GAE + critic), gigpo, gigpo+epo, spa (progress estimator)
 
+and, on request (``--methods``), reward transforms on GRPO: ``grpo+gated`` (G-RA gated
+accumulation of the env's reward channels, ``gate_channels`` / ``gate_thresholds``) and
+``grpo+direct`` (the same channels summed without gates).
+
 Per seed, the tiny model is built and SFT-warm-started ONCE (``agentgym sft``); every method then
 starts RL from that same SFT model, so step 0 is identical across methods and the comparison
 isolates the RL algorithm. Held-out success (greedy, test split) is measured every
@@ -13,6 +17,10 @@ isolates the RL algorithm. Held-out success (greedy, test split) is measured eve
 * ``results.json``: every run's success curve and wall time, and the aggregated table;
 * ``table.md``: held-out success (mean +- standard deviation over seeds) at each evaluated step;
 * ``success.png``: success rate vs RL step, one line per method, shaded +-1 std.
+
+Envs that report per-episode metrics (``info["metrics"]``, e.g. SWE's completion /
+modification / resolution) get the same table and a plot per metric (``<metric>.png``, held-out;
+``train_<metric>.png``, sampled training episodes).
 
 Runs are cached by folder: a method/seed whose ``report.json`` exists is not trained again
 (``--fresh`` to redo), so an interrupted benchmark resumes where it stopped.
@@ -30,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METHODS", "run_bench", "aggregate", "add_cli"]
+__all__ = ["METHODS", "DEFAULT_METHODS", "run_bench", "aggregate", "add_cli"]
 
 #: method name -> TrainConfig overrides.
 METHODS: dict[str, dict[str, Any]] = {
@@ -40,7 +48,11 @@ METHODS: dict[str, dict[str, Any]] = {
     "gigpo": {"algo": "gigpo"},
     "gigpo+epo": {"algo": "gigpo", "epo": True},
     "spa": {"algo": "spa"},
+    "grpo+gated": {"algo": "grpo", "transform": ["gated"]},
+    "grpo+direct": {"algo": "grpo", "transform": ["direct"]},
 }
+#: What ``agentgym bench algos`` runs without ``--methods``.
+DEFAULT_METHODS = ("grpo", "rloo", "ppo", "gigpo", "gigpo+epo", "spa")
 
 
 def _curve(run_dir: Path, key: str = "eval/success") -> dict[int, float]:
@@ -55,6 +67,17 @@ def _curve(run_dir: Path, key: str = "eval/success") -> dict[int, float]:
         if key in r:
             curve[int(r.get("step", 0))] = float(r[key])
     return curve
+
+
+def _env_metric_keys(run_dir: Path) -> list[str]:
+    """The env's own metrics a run logged (``eval/<name>`` other than ``eval/success``)."""
+    keys: set[str] = set()
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        if line.strip():
+            keys.update(
+                k[5:] for k in json.loads(line) if k.startswith("eval/") and k != "eval/success"
+            )
+    return sorted(keys)
 
 
 def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
@@ -195,12 +218,27 @@ def run_bench(
                     "seed": seed,
                     "curve": _curve(run_dir),
                     "train_curve": _curve(run_dir, "train/success"),
+                    "env_metrics": {
+                        k: {
+                            "eval": _curve(run_dir, f"eval/{k}"),
+                            "train": _curve(run_dir, f"train/{k}"),
+                        }
+                        for k in _env_metric_keys(run_dir)
+                    },
                     "wall_time_s": rep["wall_time_s"],
                     "success_final": rep["success_final"],
                 }
             )
     agg = aggregate(runs)
     agg_train = aggregate(runs, "train_curve")
+    metric_names = sorted({k for r in runs for k in r["env_metrics"]})
+    agg_metrics = {
+        (k, part): aggregate(
+            [{**r, "c": r["env_metrics"][k][part]} for r in runs if k in r["env_metrics"]], "c"
+        )
+        for k in metric_names
+        for part in ("eval", "train")
+    }
     wall = {
         m: sum(r["wall_time_s"] for r in runs if r["method"] == m)
         / max(1, sum(r["method"] == m for r in runs))
@@ -212,6 +250,9 @@ def run_bench(
         + "\nTraining success (sampled episodes of each RL step, train split):\n\n"
         + table_markdown(agg_train, wall)
     )
+    for (k, part), a in agg_metrics.items():
+        where = "held-out, greedy" if part == "eval" else "sampled training episodes"
+        table += f"\nEnv metric `{k}` ({where}), mean per episode:\n\n" + table_markdown(a, wall)
     with atomic_write(out / "table.md") as f:
         f.write(table)
     eff = {**TrainConfig().to_dict(), **base}  # the settings the runs actually used
@@ -221,6 +262,10 @@ def run_bench(
     )
     plot(agg, out / "success.png", title)
     plot(agg_train, out / "train_success.png", title, "training success (sampled episodes)")
+    for (k, part), a in agg_metrics.items():
+        name = k if part == "eval" else f"train_{k}"
+        label = f"{k} ({'held-out, greedy' if part == 'eval' else 'sampled episodes'})"
+        plot(a, out / f"{name}.png", title, label)
     result = {
         "methods": list(methods),
         "seeds": list(seeds),
@@ -228,6 +273,10 @@ def run_bench(
         "runs": runs,
         "table": {m: {str(s): list(v) for s, v in c.items()} for m, c in agg.items()},
         "train_table": {m: {str(s): list(v) for s, v in c.items()} for m, c in agg_train.items()},
+        "env_metric_tables": {
+            f"{part}/{k}": {m: {str(s): list(v) for s, v in c.items()} for m, c in a.items()}
+            for (k, part), a in agg_metrics.items()
+        },
         "wall_time_s": round(time.perf_counter() - t_all, 1),
     }
     atomic_write_json(out / "results.json", result)
@@ -277,7 +326,7 @@ def cmd_bench_algos(args: argparse.Namespace) -> int:
         if k not in names:
             raise ValueError(f"--set {k}: not a TrainConfig field (see `agentgym train --help`)")
         base[k] = v
-    methods = args.methods.split(",") if args.methods else list(METHODS)
+    methods = args.methods.split(",") if args.methods else list(DEFAULT_METHODS)
     result = run_bench(
         args.out,
         methods=methods,
@@ -305,7 +354,11 @@ def add_cli(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
         "budget; print held-out success vs RL step (mean ± std over seeds) and plot it.",
     )
     p.add_argument("--out", default="runs/bench_algos", help="output folder (runs are cached)")
-    p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument(
+        "--methods",
+        help=f"comma-separated methods from {','.join(METHODS)} "
+        f"(default: {','.join(DEFAULT_METHODS)})",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds")
     p.add_argument("--env", help="env id (default: the trainer's default TextWorld env)")
     p.add_argument("--steps", type=int, help=f"RL steps (default {DEFAULT_BASE['steps']})")

@@ -314,9 +314,7 @@ class CreditBatch:
             ]
         for name in sorted(chan_names):
             channels[name] = [
-                np.array(
-                    [float((u.info.get("reward_channels") or {}).get(name, 0.0)) for u in t.turns]
-                )
+                np.array([_channel_value(u.info.get("reward_channels"), name) for u in t.turns])
                 for t in trajs
             ]
         for key in info_keys:
@@ -337,6 +335,16 @@ class CreditBatch:
             truncated=[bool(t.truncated or t.crashed) for t in trajs],
             extras=channels,
         )
+
+
+def _channel_value(rc: Any, name: str) -> float:
+    v = (rc or {}).get(name, 0.0) if isinstance(rc, dict) or rc is None else 0.0
+    if isinstance(v, bool) or (isinstance(v, (int, float)) and math.isfinite(v)):
+        return float(v)
+    raise ValueError(
+        f"reward channel {name!r} has the value {v!r}: channels must be finite numbers or bools "
+        "(put labels such as an outcome name in another info key)"
+    )
 
 
 def _is_number(x: Any) -> bool:

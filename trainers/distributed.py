@@ -187,6 +187,9 @@ class DistContext:
         )
         seconds = self.all_reduce([r.get("seconds", 0.0)], op="max")[0]
         eps, turns_all = max(tot["episodes"], 1.0), tot["turns"]
+        part = {k: v * n for k, v in (r.get("metrics") or {}).items()}
+        keys = sorted({k for ks in self.all_gather_object(sorted(part)) for k in ks})
+        metrics = self.sum_dict({k: part.get(k, 0.0) for k in keys}) if keys else {}
         return {
             "episodes": int(tot["episodes"]),
             "success_rate": tot["won"] / eps,
@@ -195,6 +198,7 @@ class DistContext:
             "crashed": int(tot["crashed"]),
             "seconds": seconds,
             "return": tot["return"] / eps,
+            "metrics": {k: v / eps for k, v in metrics.items()},
         }
 
     # -- the model ----------------------------------------------------------------------------

@@ -401,6 +401,7 @@ def _train_metrics(
     from agentgym.rollout import summarize
 
     s = summarize(trajs)
+    env_metrics = _sum_env_metrics(ctx, trajs)
     t = ctx.sum_dict(
         {
             "episodes": s.episodes,
@@ -423,14 +424,43 @@ def _train_metrics(
         "train/samples": int(t["samples"]),
         "train/reply_tokens": t["reply_tokens"] / max(t["samples"], 1.0),
         "train/episodes": int(t["episodes"]),
+        **{f"train/{_metric_name(k)}": v / eps for k, v in env_metrics.items()},
     }
+
+
+#: Names the trainer's own metrics use; an env metric with one of them gets an ``env_`` prefix.
+_OWN_METRICS = frozenset(
+    {"success", "return", "turns", "invalid", "format_ok", "samples", "reply_tokens", "episodes"}
+)
+
+
+def _eval_record(ev: dict[str, Any]) -> dict[str, float]:
+    """The ``eval/*`` entries of a metrics record from ``evaluate``'s result."""
+    return {
+        "eval/success": ev["success_rate"],
+        **{f"eval/{_metric_name(k)}": v for k, v in (ev.get("metrics") or {}).items()},
+    }
+
+
+def _metric_name(key: str) -> str:
+    return f"env_{key}" if key in _OWN_METRICS else key
+
+
+def _sum_env_metrics(ctx: Any, trajs: Sequence[Any]) -> dict[str, float]:
+    """The env's per-episode metrics (``episode_metric_sums``), summed over all ranks."""
+    from agentgym.rollout import episode_metric_sums
+
+    sums = episode_metric_sums(trajs)
+    keys = sorted({k for part in ctx.all_gather_object(sorted(sums)) for k in part})
+    return ctx.sum_dict({k: sums.get(k, 0.0) for k in keys}) if keys else {}
 
 
 def evaluate(
     pool: Any, policy: Any, *, episodes: int, seed: int, history_len: int
 ) -> dict[str, float]:
-    """Greedy success rate on ``episodes`` held-out episodes (seeds ``seed .. seed+episodes-1``)."""
-    from agentgym.rollout import rollout, summarize
+    """Greedy success rate on ``episodes`` held-out episodes (seeds ``seed .. seed+episodes-1``),
+    with the env's per-episode metrics (rates over the episodes) under ``"metrics"``."""
+    from agentgym.rollout import episode_metric_sums, rollout, summarize
 
     temp = policy.temperature
     policy.temperature = 0.0
@@ -448,6 +478,8 @@ def evaluate(
         policy.temperature = temp
     s = summarize(trajs).to_dict()
     s["return"] = sum(t.return_ for t in trajs) / max(len(trajs), 1)
+    n = max(len(trajs), 1)
+    s["metrics"] = {k: v / n for k, v in episode_metric_sums(trajs).items()}
     return s
 
 
@@ -675,7 +707,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             state["base_model"] = base_path
             model, tok = load_model(base_path, device=cfg.device, dtype=cfg.dtype, lora=lora)
             policy0 = _make_policy(cfg, model, tok)
-            state["success_initial"] = run_eval(policy0)["success_rate"]
+            ev0 = run_eval(policy0)
+            state["success_initial"] = ev0["success_rate"]
+            state["eval_initial"] = _eval_record(ev0)
             # -- SFT warm start on expert turns ------------------------------------------------
             state["success_sft"] = None
             state["expert_success"] = None
@@ -713,14 +747,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     on_step=lambda s, v: (bar.update(1), bar.set_postfix(loss=f"{v:.3f}")),
                 )
                 bar.close()
-                state["success_sft"] = run_eval(policy0)["success_rate"]
+                ev_sft = run_eval(policy0)
+                state["success_sft"] = ev_sft["success_rate"]
                 state["expert_success"] = expert_won
                 logger.log(
                     {
                         "step": 0,
                         "sft/examples": len(examples),
                         "sft/loss": losses[-1],
-                        "eval/success": state["success_sft"],
+                        **_eval_record(ev_sft),
                     }
                 )
                 # Every rank ran the same SFT; rank 0's weights are the ones the wrap keeps.
@@ -729,7 +764,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     tok.save_pretrained(out / "sft_model")
                 ctx.barrier()
             else:
-                logger.log({"step": 0, "eval/success": state["success_initial"]})
+                logger.log({"step": 0, **state["eval_initial"]})
             start_step = 0
         # -- RL setup -------------------------------------------------------------------------
         policy = _make_policy(cfg, model, tok)
@@ -896,7 +931,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 t_max = ctx.all_reduce([t_roll, record["time/update_s"]], op="max")
                 record["time/rollout_s"], record["time/update_s"] = t_max
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
-                record["eval/success"] = run_eval(policy)["success_rate"]
+                record.update(_eval_record(run_eval(policy)))
             logger.log(record)
             bar.update(1)
             bar.set_postfix(
@@ -935,7 +970,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         bar.close()
         # -- final evaluation and report ------------------------------------------------------
         final = run_eval(policy)
-        logger.log({"step": cfg.steps, "eval/success": final["success_rate"], "final": True})
+        logger.log({"step": cfg.steps, **_eval_record(final), "final": True})
         ctx.save_pretrained(model, tok, out / "model")  # rank 0 writes
     finally:
         for p in pools:

@@ -373,6 +373,16 @@ def _metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     timed_out = sum(bool((r.get("meta") or {}).get("timed_out")) for r in records)
     crashed = sum(bool(r.get("crashed")) for r in records)
     truncated = sum(bool(r.get("truncated")) for r in records)
+    # The env's own per-episode metrics (info["metrics"] of the last turn; missing = 0).
+    last = [((r.get("turns") or [{}])[-1].get("info") or {}).get("metrics") for r in records]
+    last = [m if isinstance(m, dict) else {} for m in last]
+    names = sorted({k for m in last for k, v in m.items() if isinstance(v, (int, float))})
+    env_metrics = {
+        k: stats.mean(
+            [float(v) if isinstance(v := m.get(k), (int, float)) else 0.0 for m in last]
+        ).to_dict()
+        for k in names
+    }
     return {
         "episodes": n,
         "success_rate": stats.rate(won, n).to_dict(),
@@ -380,6 +390,7 @@ def _metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "mean_turns": stats.mean(turns, lower=0.0).to_dict(),
         "invalid_action_rate": stats.rate(invalid, len(all_turns)).to_dict(),
         "timeout_rate": stats.rate(timed_out, n).to_dict(),
+        **({"env_metrics": env_metrics} if env_metrics else {}),
         "won": won,
         "timed_out": timed_out,
         "crashed": crashed,
@@ -479,6 +490,8 @@ def summary_markdown(s: Mapping[str, Any]) -> str:
     for k, v in s.items():
         if k.startswith("pass@"):
             row(f"{k} (per group)", v, True)
+    for k, v in (s.get("env_metrics") or {}).items():
+        row(f"{k} (env metric, mean per episode)", v, False)
     if s.get("by_task_type"):
         lines += [
             "",

@@ -56,13 +56,17 @@ _TASK_RE = re.compile(r"Your task is to: (.*)$", re.MULTILINE)
 #: closed-world PDDL state, i.e. the positive facts only.)
 _ANCHOR_IGNORED = frozenset({"checked"})
 
+#: ``agentgym train`` evaluates on ``split="test"``: for ALFWorld that is the unseen split.
+SPLIT_ALIASES = {"test": "valid_unseen"}
+
 
 class AlfWorldEnv(Env):
     """ALFWorld (text) over official or generated games.
 
     Args:
         split: ``train``, ``valid_seen`` (in-distribution eval) or ``valid_unseen`` (the
-            out-of-distribution eval: 134 games in the official data).
+            out-of-distribution eval: 134 games in the official data). ``test`` (the split the
+            trainer evaluates on) means ``valid_unseen``, the split papers report.
         data_dir: the official data (download root or its ``json_2.1.1``); default
             ``$ALFWORLD_DATA``.
         source: ``auto`` (official data if found, else generated), ``official`` (error without
@@ -85,8 +89,11 @@ class AlfWorldEnv(Env):
         expert: str = "oracle",
         workers: int | None = None,
     ) -> None:
+        split = SPLIT_ALIASES.get(split, split)
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}: use one of {SPLITS}")
+            raise ValueError(
+                f"unknown split {split!r}: use one of {SPLITS} (or test = valid_unseen)"
+            )
         if source not in ("auto", "official", "generated"):
             raise ValueError(f"unknown source {source!r}: use auto, official or generated")
         if expert not in ("oracle", "planner"):

@@ -26,11 +26,16 @@ tail kept). An action that is not a valid tool call is answered with the syntax 
 new files included) is graded like the SWE-bench harness (:func:`.grading.grade`) in the same
 sandbox after it is reset to the clean checkout. Reward is 1.0 when the task is resolved.
 
-``info["reward_channels"]`` carries signals for gated/shaped rewards: ``outcome`` (one of
-``none`` before the end, ``no_submit``, ``empty_patch``, ``patch_failed``, ``tests_fail``,
-``resolved``), ``tool_valid``, ``repo_modified`` and ``tests_run`` (this turn ran pytest).
-``info["metrics"]``: ``completion`` (submitted), ``modification`` (non-empty patch),
-``resolution``.
+``info["reward_channels"]`` carries numeric per-turn signals for gated/shaped rewards
+(:mod:`agentgym.trainers.credit`): ``resolved`` and ``submitted`` (1.0 on the submit turn when
+the task is resolved / always), ``tool_valid`` (the tool call parsed and ran without a tool
+error), ``repo_modified`` (the working tree differs from ``base_commit`` after the turn) and
+``tests_run`` (this turn ran pytest/unittest). ``info["outcome"]`` names how the episode ended:
+``none`` before the end, then ``empty_patch``, ``patch_failed``, ``tests_fail`` or
+``resolved``. ``info["metrics"]`` (every turn; the last turn's values are the episode's):
+``completion`` (submitted), ``modification`` (non-empty patch: the working tree differs from
+``base_commit``), ``resolution`` (resolved). An episode cut by the turn limit therefore counts
+as not completed, and as modified when it left changes behind.
 
 The observation's anchor is ``swe:<instance_id>:<sha256 of the working-tree diff>``: two
 states have the same anchor exactly when the repository files are identical, whatever the
@@ -68,6 +73,8 @@ JSON: {"tool": "bash", "command": "..."}, {"tool": "view", "path": "...", "start
 {"tool": "replace", "path": "...", "old": "...", "new": "..."}, {"tool": "submit"}"""
 
 ToolCall = dict[str, Any]
+#: The ``verify`` expert's test run (the repository's own tests, not the hidden ones).
+EXPERT_TEST_ACTION = "bash: python3 -m pytest -q 2>&1 | tail -3"
 _REPLACE_RE = re.compile(r"^<<<<<<< ?OLD\n(.*?)\n?=======\n(.*?)\n?>>>>>>> ?NEW\s*$", re.DOTALL)
 _VIEW_RE = re.compile(r"^(.+?)(?::(\d+)-(\d+))?$")
 _TESTS_RE = re.compile(r"\bpytest\b|\bunittest\b")
@@ -151,6 +158,9 @@ class SWEEnv(Env):
         max_obs_chars: tool output longer than this is cut (head and tail kept).
         exec_timeout / test_timeout: seconds per tool command / for the grading test run.
         memory, cpus, pids_limit: sandbox limits.
+        expert: the demonstration :meth:`expert_action` plays: ``"apply"`` (apply the gold patch,
+            submit) or ``"verify"`` (apply it, run the repository's tests, submit: a 3-turn
+            demonstration closer to how an agent works, used for SFT before RL on the suite).
     """
 
     metadata = {"family": "swe"}
@@ -167,7 +177,11 @@ class SWEEnv(Env):
         memory: str = "1g",
         cpus: float = 1.0,
         pids_limit: int = 256,
+        expert: str = "apply",
     ) -> None:
+        if expert not in ("apply", "verify"):
+            raise ValueError(f"unknown expert {expert!r}: use 'apply' or 'verify'")
+        self.expert = expert
         all_tasks = load_tasks(dataset, repos_dir=repos_dir)
         if tasks:
             by_id = {t.instance_id: t for t in all_tasks}
@@ -220,6 +234,7 @@ class SWEEnv(Env):
         self.task = task
         self._done = False
         self._expert_applied = False
+        self._expert_tested = False
         files = self._sb.exec("git ls-files", timeout=30).stdout.strip()
         text = (
             f"Repository {task.repo} is checked out in /workspace (commit "
@@ -250,33 +265,46 @@ class SWEEnv(Env):
             raise ResetNeeded("call reset() before step()")
         if action == self._expert_apply_action():
             self._expert_applied = True
+        elif self._expert_applied and action == EXPERT_TEST_ACTION:
+            self._expert_tested = True
         call, error = parse_tool_call(action)
         channels = {
-            "outcome": "none",
-            "tool_valid": call is not None,
-            "repo_modified": False,
-            "tests_run": False,
+            "resolved": 0.0,
+            "submitted": 0.0,
+            "tool_valid": float(call is not None),
+            "repo_modified": 0.0,
+            "tests_run": 0.0,
         }
         info: dict[str, Any] = {
             "won": False,
             "score": 0.0,
             "valid": call is not None,
+            "outcome": "none",
             "reward_channels": channels,
         }
         if call is None:
             patch = self._patch()
-            channels["repo_modified"] = bool(patch)
+            self._progress(info, patch)
             text = f"Invalid tool call: {error}.\n\n{TOOLS_HELP}"
             return self._obs(text, patch), 0.0, False, False, info
         if call["tool"] == "submit":
             return self._submit(info)
         text, ok = self._run_tool(call)
         info["valid"] = ok
-        channels["tool_valid"] = ok
-        channels["tests_run"] = call["tool"] == "bash" and bool(_TESTS_RE.search(call["command"]))
+        channels["tool_valid"] = float(ok)
+        channels["tests_run"] = float(
+            call["tool"] == "bash" and bool(_TESTS_RE.search(call["command"]))
+        )
         patch = self._patch()
-        channels["repo_modified"] = bool(patch)
+        self._progress(info, patch)
         return self._obs(text, patch), 0.0, False, False, info
+
+    @staticmethod
+    def _progress(info: dict[str, Any], patch: str) -> None:
+        """Channels and metrics of a turn that did not submit, from the working-tree diff."""
+        modified = float(bool(patch.strip()))
+        info["reward_channels"]["repo_modified"] = modified
+        info["metrics"] = {"completion": 0.0, "modification": modified, "resolution": 0.0}
 
     def _obs(self, text: str, patch: str) -> Observation:
         return Observation(
@@ -347,9 +375,14 @@ class SWEEnv(Env):
             "empty_patch": "empty_patch",
             "patch_failed": "patch_failed",
         }.get(res.status, "tests_fail")
-        ch = info["reward_channels"]
-        ch.update(outcome=outcome, repo_modified=bool(patch), tests_run=True)
+        info["reward_channels"].update(
+            resolved=float(res.resolved),
+            submitted=1.0,
+            repo_modified=float(bool(patch.strip())),
+            tests_run=1.0,
+        )
         info.update(
+            outcome=outcome,
             won=res.resolved,
             score=float(res.resolved),
             valid=True,
@@ -372,22 +405,18 @@ class SWEEnv(Env):
         return obs, float(res.resolved), True, False, info
 
     def expert_action(self) -> str | None:
-        """Apply the gold patch with a bash tool call, then submit."""
+        """Apply the gold patch with a bash tool call, (``verify``: run the tests,) submit."""
         if self.task is None or self._done:
             return None
         if not self._expert_applied:
             return self._expert_apply_action()
+        if self.expert == "verify" and not self._expert_tested:
+            return EXPERT_TEST_ACTION
         return "submit"
 
     def _expert_apply_action(self) -> str:
         assert self.task is not None
         return "bash: git apply <<'AGENTGYM_EOF'\n" + self.task.patch + "AGENTGYM_EOF"
-
-    def episode_metrics(self, info: dict[str, Any]) -> dict[str, float]:
-        """completion / modification / resolution of an episode from its last info."""
-        return dict(
-            info.get("metrics") or {"completion": 0.0, "modification": 0.0, "resolution": 0.0}
-        )
 
     def close(self) -> None:
         if self._closed:

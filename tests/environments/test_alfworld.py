@@ -111,6 +111,12 @@ def test_official_layout_loader_applies_alfworld_skip_rules(official_layout: Pat
         assert info["source"] == "official" and info["task_id"].startswith("valid_unseen/")
     finally:
         env.close()
+    # split="test" (what `agentgym train` evaluates on) is the unseen split.
+    test_env = agentgym.make("alfworld/Train-v0", data_dir=str(official_layout), split="test")
+    try:
+        assert test_env.split == "valid_unseen" and sorted(test_env.tasks) == sorted(env.tasks)
+    finally:
+        test_env.close()
 
     # The same folder through $ALFWORLD_DATA, pointing at json_2.1.1 itself.
     import os

@@ -127,13 +127,22 @@ def test_episode_with_tools_and_expert(docker_ready) -> None:
             "replace: intervals/ranges.py\n<<<<<<< OLD\nno such text\n=======\nx\n>>>>>>> NEW"
         )
         assert not i["valid"] and "does not occur" in o.text
+        assert i["metrics"] == {"completion": 0.0, "modification": 0.0, "resolution": 0.0}
         o, r, te, tr, i = env.step('{"tool": "create", "path": "notes.txt", "content": "hi"}')
         assert i["valid"] and i["reward_channels"]["repo_modified"] and o.anchor != clean
+        assert i["metrics"] == {"completion": 0.0, "modification": 1.0, "resolution": 0.0}
         o, r, te, tr, i = env.step("bash: yes | head -c 100000")
         assert len(o.text) <= env.unwrapped.max_obs_chars + 100 and "cut" in o.text
         # Submitting a wrong change: tests fail, no reward.
         o, r, te, tr, i = env.step("submit")
-        assert te and r == 0.0 and i["reward_channels"]["outcome"] == "tests_fail"
+        assert te and r == 0.0 and i["outcome"] == "tests_fail"
+        assert i["reward_channels"] == {
+            "resolved": 0.0,
+            "submitted": 1.0,
+            "tool_valid": 1.0,
+            "repo_modified": 1.0,
+            "tests_run": 1.0,
+        }
         assert i["metrics"] == {"completion": 1.0, "modification": 1.0, "resolution": 0.0}
         # Same task again: the warm sandbox is reset to the clean checkout.
         obs, _ = env.reset(options={"task": "intervals-4"})
@@ -145,12 +154,39 @@ def test_episode_with_tools_and_expert(docker_ready) -> None:
             if te or tr:
                 break
         assert steps == 2 and r == 1.0 and i["won"]
-        assert i["reward_channels"]["outcome"] == "resolved"
+        assert i["outcome"] == "resolved" and i["reward_channels"]["resolved"] == 1.0
         assert i["grade"]["fail_to_pass"]["failure"] == []
         # Submitting without changes: an empty patch.
         env.reset(options={"task": "csvlite-2"})
         o, r, te, tr, i = env.step("submit")
-        assert te and r == 0.0 and i["reward_channels"]["outcome"] == "empty_patch"
+        assert te and r == 0.0 and i["outcome"] == "empty_patch"
+        assert i["reward_channels"]["repo_modified"] == 0.0
+
+
+@pytest.mark.docker
+def test_verify_expert_runs_the_tests_before_submitting(docker_ready) -> None:
+    import agentgym
+    from agentgym.environments.swe.env import EXPERT_TEST_ACTION
+
+    with pytest.raises(ValueError, match="unknown expert"):
+        agentgym.make("swe/Builtin-v0", expert="oracle")
+    with agentgym.make("swe/Builtin-v0", tasks=["textkit-1"], expert="verify") as env:
+        env.reset(seed=0)
+        actions, infos = [], []
+        while True:
+            actions.append(env.expert_action())
+            o, r, te, tr, i = env.step(actions[-1])
+            infos.append(i)
+            if te or tr:
+                break
+        assert actions[0].startswith("bash: git apply") and actions[1:] == [
+            EXPERT_TEST_ACTION,
+            "submit",
+        ]
+        assert r == 1.0 and i["outcome"] == "resolved"
+        assert [x["reward_channels"]["tests_run"] for x in infos] == [0.0, 1.0, 1.0]
+        assert [x["reward_channels"]["repo_modified"] for x in infos] == [1.0, 1.0, 1.0]
+        assert [x["metrics"]["completion"] for x in infos] == [0.0, 0.0, 1.0]
 
 
 @pytest.mark.docker

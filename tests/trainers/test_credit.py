@@ -497,6 +497,16 @@ def test_from_trajectories():
     close(compute_advantages("gigpo", b, cfg), compute_advantages("gigpo", gigpo_batch(), cfg))
 
 
+def test_from_trajectories_channels_must_be_numbers():
+    trajs = make_trajs()
+    trajs[0].turns[1].info["reward_channels"] = {"tests_run": True}
+    b = CreditBatch.from_trajectories(trajs)
+    close(b.extras["tests_run"][0], [1, 1, 0])  # a bool counts as 1/0
+    trajs[0].turns[2].info["reward_channels"] = {"outcome": "resolved"}
+    with pytest.raises(ValueError, match="'outcome' has the value 'resolved'"):
+        CreditBatch.from_trajectories(trajs)
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.run(

@@ -154,3 +154,24 @@ def test_sft_masks_prompt_and_teaches_the_format(model_dir):
     # the format is learnt (which door per room is not asked of 25 steps on a 32-wide model)
     assert all(o.format_ok for o in outs), [o.response for o in outs]
     assert all(o.action in ("open red door", "open blue door") for o in outs)
+
+
+def test_parse_action_keeps_the_lines_of_a_multi_line_action():
+    """A tool call that carries a file or a patch keeps its line breaks and indentation; the
+    SWE env then parses it as one tool call."""
+    from agentgym.environments.swe.env import parse_tool_call
+    from agentgym.policies import parse_action
+
+    block = "replace: pkg/mod.py\n<<<<<<< OLD\n    return a\n=======\n    return b\n>>>>>>> NEW"
+    action, ok = parse_action(f"I will fix it.\n<action>\n{block}\n</action>\n")
+    assert ok and action == block
+    call, error = parse_tool_call(action)
+    assert error == "" and call == {
+        "tool": "replace",
+        "path": "pkg/mod.py",
+        "old": "    return a",
+        "new": "    return b",
+    }
+    assert parse_action("<action>  open   red door </action>") == ("open   red door", True)
+    assert parse_action("<action> </action>") == ("", False)
+    assert parse_action("no tag here\n at all") == ("no tag here at all", False)

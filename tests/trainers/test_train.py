@@ -59,18 +59,23 @@ class SignEnv(Env):
         self.room = 0
         return self._obs(), {"task_id": f"signs-{s}"}
 
+    def _info(self, won: bool, valid: bool, passed: int) -> dict[str, Any]:
+        # An env metric (like SWE's completion/modification/resolution): rooms passed, 0..1.
+        metrics = {"rooms_passed": passed / self.rooms}
+        return {"won": won, "score": float(won), "valid": valid, "metrics": metrics}
+
     def step(self, action: str):
         words = action.strip().lower().split()
         if len(words) != 3 or words[0] != "open" or words[2] != "door" or words[1] not in COLORS:
             obs = self._obs(f"'{action}' is not an action here.")
-            return obs, 0.0, False, False, {"won": False, "score": 0.0, "valid": False}
+            return obs, 0.0, False, False, self._info(False, False, self.room)
         if words[1] != self.path[self.room]:
             return (
                 self._obs("That door is locked."),
                 0.0,
                 False,
                 False,
-                {"won": False, "score": 0.0, "valid": True},
+                self._info(False, True, self.room),
             )
         self.room += 1
         if self.room == self.rooms:
@@ -80,13 +85,13 @@ class SignEnv(Env):
                 task="Get through all the rooms.",
                 anchor=f"{self.task_seed}:end",
             )
-            return obs, 1.0, True, False, {"won": True, "score": 1.0, "valid": True}
+            return obs, 1.0, True, False, self._info(True, True, self.rooms)
         return (
             self._obs("The door opens."),
             0.0,
             False,
             False,
-            {"won": False, "score": 0.0, "valid": True},
+            self._info(False, True, self.room),
         )
 
     def expert_action(self) -> str | None:
@@ -296,6 +301,14 @@ def test_agentgym_train_cli_end_to_end(tmp_path):
     recs = _records(out)
     assert [r["step"] for r in recs if "train/success" in r] == [1, 2]
     assert any("eval/success" in r and r["step"] == 1 for r in recs)
+    # The env's per-episode metrics are logged as rates next to success (every won episode
+    # passed all rooms, so the rate is at least the success rate).
+    for r in recs:
+        for split in ("train", "eval"):
+            if f"{split}/success" in r:
+                assert r[f"{split}/success"] <= r[f"{split}/rooms_passed"] <= 1.0, r
+    assert all("train/rooms_passed" in r for r in recs if "train/success" in r)
+    assert "rooms_passed" in report["eval"]["metrics"]
     assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
     trajs = agentgym.read_trajectories(out / "trajectories.jsonl")
     assert len(trajs) == 2 * 2 * 2 and all(t.env == "test/Signs-v0" for t in trajs)
@@ -324,14 +337,25 @@ def test_bench_algos_writes_table_plot_and_results(tmp_path, tiny_model):
     base.update(eval_every=1, save_every=0, kl_coef=0.0)
     logs: list[str] = []
     res = run_bench(
-        tmp_path / "b", methods=["grpo", "gigpo"], seeds=[0], base=base, log=logs.append
+        tmp_path / "b", methods=["gigpo", "grpo+gated"], seeds=[0], base=base, log=logs.append
     )
-    assert [r["method"] for r in res["runs"]] == ["grpo", "gigpo"]
-    assert set(res["table"]) == {"grpo", "gigpo"} and "1" in res["table"]["gigpo"]
-    for name in ("table.md", "results.json", "success.png", "train_success.png"):
+    assert [r["method"] for r in res["runs"]] == ["gigpo", "grpo+gated"]
+    assert set(res["table"]) == {"gigpo", "grpo+gated"} and "1" in res["table"]["gigpo"]
+    gated = json.loads((tmp_path / "b" / "grpo+gated_seed0" / "report.json").read_text())
+    assert gated["estimator"]["transform"] == ["gated"]
+    for name in (
+        "table.md",
+        "results.json",
+        "success.png",
+        "train_success.png",
+        "rooms_passed.png",  # the env's own per-episode metric, held-out and training
+        "train_rooms_passed.png",
+    ):
         assert (tmp_path / "b" / name).stat().st_size > 0
-    assert "| gigpo |" in (tmp_path / "b" / "table.md").read_text()
+    table = (tmp_path / "b" / "table.md").read_text()
+    assert "| grpo+gated |" in table and "Env metric `rooms_passed`" in table
+    assert set(res["env_metric_tables"]) == {"eval/rooms_passed", "train/rooms_passed"}
     again = run_bench(
-        tmp_path / "b", methods=["grpo", "gigpo"], seeds=[0], base=base, log=logs.append
+        tmp_path / "b", methods=["gigpo", "grpo+gated"], seeds=[0], base=base, log=logs.append
     )
     assert again["table"] == res["table"] and len(logs) == 3  # SFT + 2 runs, nothing retrained
