@@ -338,3 +338,9 @@ def test_eval_on_builtin_families(family: str, tmp_path: Path, monkeypatch) -> N
         progress=False,
     )
     assert s["episodes"] == 2
+    if family == "swe":  # the expert submits the gold patch: every rate is 1
+        assert {k: v["value"] for k, v in s["env_metrics"].items()} == {
+            "completion": 1.0,
+            "modification": 1.0,
+            "resolution": 1.0,
+        }

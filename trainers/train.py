@@ -667,6 +667,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     history_len=cfg.history_len,
                 )
 
+        last_eval: dict[str, Any] | None = None
         if ckpts:
             # -- resume: model, optimizer and RNG states of the last checkpoint ----------------
             ck = ckpts[-1]
@@ -707,7 +708,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             state["base_model"] = base_path
             model, tok = load_model(base_path, device=cfg.device, dtype=cfg.dtype, lora=lora)
             policy0 = _make_policy(cfg, model, tok)
-            ev0 = run_eval(policy0)
+            ev0 = last_eval = run_eval(policy0)
             state["success_initial"] = ev0["success_rate"]
             state["eval_initial"] = _eval_record(ev0)
             # -- SFT warm start on expert turns ------------------------------------------------
@@ -747,7 +748,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     on_step=lambda s, v: (bar.update(1), bar.set_postfix(loss=f"{v:.3f}")),
                 )
                 bar.close()
-                ev_sft = run_eval(policy0)
+                ev_sft = last_eval = run_eval(policy0)
                 state["success_sft"] = ev_sft["success_rate"]
                 state["expert_success"] = expert_won
                 logger.log(
@@ -969,7 +970,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 ctx.barrier()
         bar.close()
         # -- final evaluation and report ------------------------------------------------------
-        final = run_eval(policy)
+        # With no RL step the model is the one just evaluated (greedy: the same episodes again).
+        final = last_eval if cfg.steps == 0 and last_eval is not None else run_eval(policy)
         logger.log({"step": cfg.steps, **_eval_record(final), "final": True})
         ctx.save_pretrained(model, tok, out / "model")  # rank 0 writes
     finally:

@@ -183,6 +183,7 @@ def _summary_html(s: Mapping[str, Any]) -> str:
         ("Timeout rate", s.get("timeout_rate"), True),
     ]
     rows += [(f"{k} (per group)", v, True) for k, v in s.items() if k.startswith("pass@")]
+    rows += [(f"{k} (env metric)", v, False) for k, v in (s.get("env_metrics") or {}).items()]
     out = [
         '<table class="summary"><thead><tr><th>metric</th><th>value</th><th>95% CI</th>'
         "<th>n</th></tr></thead><tbody>"
