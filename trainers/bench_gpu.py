@@ -331,9 +331,10 @@ def bench_gpu(
     attn_tok = 12 * cfg.num_hidden_layers * cfg.hidden_size * train["seq_len"]
     train["model_tflops_per_s"] = round(flops_tok * train["tokens_per_s"] / 1e12, 2)
     if peak:
-        train["mfu"] = round(flops_tok * train["tokens_per_s"] / peak, 4)
-        train["mfu_with_attention"] = round(
-            (flops_tok + attn_tok) * train["tokens_per_s"] / peak, 4
+        # Significant figures, not decimals: a slow device's MFU is far below 1e-4.
+        train["mfu"] = float(f"{flops_tok * train['tokens_per_s'] / peak:.4g}")
+        train["mfu_with_attention"] = float(
+            f"{(flops_tok + attn_tok) * train['tokens_per_s'] / peak:.4g}"
         )
     else:
         train["mfu"] = None
