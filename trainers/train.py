@@ -464,6 +464,7 @@ def evaluate(
 
     temp = policy.temperature
     policy.temperature = 0.0
+    t0 = time.perf_counter()
     try:
         trajs = rollout(
             pool,
@@ -476,7 +477,9 @@ def evaluate(
         )
     finally:
         policy.temperature = temp
-    s = summarize(trajs).to_dict()
+    stats = summarize(trajs)
+    stats.seconds = time.perf_counter() - t0
+    s = stats.to_dict()
     s["return"] = sum(t.return_ for t in trajs) / max(len(trajs), 1)
     n = max(len(trajs), 1)
     s["metrics"] = {k: v / n for k, v in episode_metric_sums(trajs).items()}

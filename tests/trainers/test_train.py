@@ -309,6 +309,7 @@ def test_agentgym_train_cli_end_to_end(tmp_path):
                 assert r[f"{split}/success"] <= r[f"{split}/rooms_passed"] <= 1.0, r
     assert all("train/rooms_passed" in r for r in recs if "train/success" in r)
     assert "rooms_passed" in report["eval"]["metrics"]
+    assert report["eval"]["seconds"] > 0  # the final evaluation is timed
     assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
     trajs = agentgym.read_trajectories(out / "trajectories.jsonl")
     assert len(trajs) == 2 * 2 * 2 and all(t.env == "test/Signs-v0" for t in trajs)
