@@ -244,18 +244,23 @@ def run_bench(
         / max(1, sum(r["method"] == m for r in runs))
         for m in methods
     }
+    eff = {**TrainConfig().to_dict(), **base}  # the settings the runs actually used
+    # An env without splits evaluates on the tasks it trains on: the tables say so.
+    held = "test split" if eff["split_kwarg"] else "no split: the training tasks"
+    spread = f"mean ± std over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
     table = (
-        "Held-out success (greedy, test split):\n\n"
+        f"Evaluation success (greedy, {held}), {spread}:\n\n"
         + table_markdown(agg, wall)
-        + "\nTraining success (sampled episodes of each RL step, train split):\n\n"
+        + f"\nTraining success (sampled episodes of each RL step), {spread}:\n\n"
         + table_markdown(agg_train, wall)
     )
     for (k, part), a in agg_metrics.items():
-        where = "held-out, greedy" if part == "eval" else "sampled training episodes"
-        table += f"\nEnv metric `{k}` ({where}), mean per episode:\n\n" + table_markdown(a, wall)
+        where = f"evaluation, greedy, {held}" if part == "eval" else "sampled training episodes"
+        table += f"\nEnv metric `{k}` ({where}), rate per episode, {spread}:\n\n" + table_markdown(
+            a, wall
+        )
     with atomic_write(out / "table.md") as f:
         f.write(table)
-    eff = {**TrainConfig().to_dict(), **base}  # the settings the runs actually used
     title = (
         f"{eff['env']}: {len(seeds)} seeds x {eff['steps']} steps x "
         f"{eff['groups_per_step']}x{eff['group_size']} episodes"

@@ -355,6 +355,7 @@ def test_bench_algos_writes_table_plot_and_results(tmp_path, tiny_model):
         assert (tmp_path / "b" / name).stat().st_size > 0
     table = (tmp_path / "b" / "table.md").read_text()
     assert "| grpo+gated |" in table and "Env metric `rooms_passed`" in table
+    assert "(greedy, test split), mean ± std over 1 seed:" in table
     assert set(res["env_metric_tables"]) == {"eval/rooms_passed", "train/rooms_passed"}
     again = run_bench(
         tmp_path / "b", methods=["gigpo", "grpo+gated"], seeds=[0], base=base, log=logs.append
