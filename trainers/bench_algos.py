@@ -23,7 +23,10 @@ modification / resolution) get the same table and a plot per metric (``<metric>.
 ``train_<metric>.png``, sampled training episodes).
 
 Runs are cached by folder: a method/seed whose ``report.json`` exists is not trained again
-(``--fresh`` to redo), so an interrupted benchmark resumes where it stopped.
+(``--fresh`` to redo), so an interrupted benchmark resumes where it stopped; a cached run made
+with other settings (anything but where it is written and how it is logged) is refused rather
+than mixed into the table. The SFT start ``sft_seed<k>/model`` is reused as it is (delete the
+folder to rebuild it).
 """
 
 from __future__ import annotations
@@ -156,6 +159,37 @@ def plot(
     plt.close(fig)
 
 
+#: Settings that cannot change a run's numbers (where it is written, how it is logged).
+_BOOKKEEPING = frozenset(
+    {
+        "out",
+        "model",
+        "resume",
+        "progress",
+        "tensorboard",
+        "keep_checkpoints",
+        "save_every",
+        "write_trajectories",
+    }
+)
+
+
+def _check_cached(run_dir: Path, want: dict[str, Any]) -> None:
+    """Refuse to put a cached run made with other settings into this table."""
+    have = json.loads((run_dir / "report.json").read_text()).get("config", {})
+    want = json.loads(json.dumps(want))  # tuples as the report stores them (lists)
+    diff = [
+        f"{k}: {have.get(k)!r} (cached) vs {v!r} (now)"
+        for k, v in want.items()
+        if k not in _BOOKKEEPING and k in have and have[k] != v
+    ]
+    if diff:
+        raise ValueError(
+            f"{run_dir} was trained with other settings ({'; '.join(diff)}); pass --fresh to "
+            "retrain it, or another --out"
+        )
+
+
 def run_bench(
     out: str | Path,
     *,
@@ -195,17 +229,19 @@ def run_bench(
         start_model = sft_dir / "model"
         for m in methods:
             run_dir = out / f"{m}_seed{seed}"
-            if fresh or not (run_dir / "report.json").exists():
-                cfg = TrainConfig(
-                    **{
-                        **base,
-                        **METHODS[m],
-                        "out": str(run_dir),
-                        "seed": seed,
-                        "model": str(start_model),
-                        "sft_episodes": 0,
-                    }
-                )
+            cfg = TrainConfig(
+                **{
+                    **base,
+                    **METHODS[m],
+                    "out": str(run_dir),
+                    "seed": seed,
+                    "model": str(start_model),
+                    "sft_episodes": 0,
+                }
+            )
+            if not fresh and (run_dir / "report.json").exists():
+                _check_cached(run_dir, cfg.to_dict())
+            else:
                 rep = train(cfg)
                 log(
                     f"{m} seed {seed}: success {rep['success_initial']:.2f} -> "

@@ -135,6 +135,12 @@ class AlfWorldEnv(Env):
             )
         self.games: list[GameRecord] = games
         self._by_id = {g.task_id: i for i, g in enumerate(games)}
+        # Seed s plays game _seed_order[s % n]: a fixed shuffle (the same in every process), so
+        # a window of consecutive seeds (an eval of 16 episodes, a training step's groups) mixes
+        # task types and scenes instead of taking a run of one type from the sorted list, while
+        # seeds 0..n-1 still play every game exactly once.
+        self._seed_order = list(range(len(games)))
+        random.Random(len(games)).shuffle(self._seed_order)
         self._engine: PddlGame | None = None
         self._loaded: int | None = None
         self._game: GameRecord | None = None
@@ -163,7 +169,7 @@ class AlfWorldEnv(Env):
                 return self._by_id[task]
             raise ValueError(f"unknown task {task!r}: pass an index or one of env.tasks")
         if seed is not None:
-            return seed % len(self.games)
+            return self._seed_order[seed % len(self.games)]
         return self._rng.randrange(len(self.games))
 
     # -- step API ---------------------------------------------------------------------------

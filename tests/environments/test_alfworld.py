@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -169,6 +170,30 @@ def test_expert_wins_generated_games_of_all_six_types(generated: dict[str, Path]
         assert t.turns and all(turn.valid and turn.action for turn in t.turns)
     types = {t.split("/")[1].split("-")[0] for t in tasks}
     assert types == set(ALL_TYPES)
+
+
+def test_consecutive_seeds_mix_task_types(generated: dict[str, Path]) -> None:
+    """Seeds map to games through a fixed shuffle: a short window of seeds (an eval, one
+    training step's groups) spans task types, seeds 0..n-1 still play each game once, and the
+    mapping is the same in every env instance (every pool worker)."""
+
+    def task_of(env: Any, seed: int) -> str:
+        return env.reset(seed=seed)[1]["task_id"]
+
+    a = agentgym.make("alfworld/Generated-v0", num_games=TRAIN_N)
+    b = agentgym.make("alfworld/Generated-v0", num_games=TRAIN_N)
+    try:
+        order = [task_of(a, s) for s in range(TRAIN_N)]
+        assert sorted(order) == sorted(a.tasks)  # a permutation: every game once
+        assert order != a.tasks  # not the sorted (grouped by type) order
+        assert [task_of(b, s) for s in range(TRAIN_N)] == order  # same in every instance
+        assert task_of(a, TRAIN_N + 3) == order[3]  # seeds wrap around
+        first_third = {t.split("/")[1].split("-")[0] for t in order[: TRAIN_N // 3]}
+        assert len(first_third) > 2  # the sorted list's first 4 games are only 2 types
+        assert a.reset(options={"task": 5})[1]["task_id"] == a.tasks[5]  # index = sorted order
+    finally:
+        a.close()
+        b.close()
 
 
 def test_random_policy_wins_few(generated: dict[str, Path]) -> None:

@@ -361,3 +361,8 @@ def test_bench_algos_writes_table_plot_and_results(tmp_path, tiny_model):
         tmp_path / "b", methods=["gigpo", "grpo+gated"], seeds=[0], base=base, log=logs.append
     )
     assert again["table"] == res["table"] and len(logs) == 3  # SFT + 2 runs, nothing retrained
+    # A cached run made with other settings is refused, not mixed into the table.
+    with pytest.raises(ValueError, match=r"gigpo_seed0 was trained with other settings \(lr: "):
+        run_bench(
+            tmp_path / "b", methods=["gigpo"], seeds=[0], base={**base, "lr": 1.0}, log=logs.append
+        )
