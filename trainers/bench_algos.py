@@ -131,6 +131,7 @@ def plot(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for m, curve in agg.items():
@@ -146,6 +147,7 @@ def plot(
             alpha=0.12,
         )
     ax.set_xlabel("RL step")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title, fontsize=9)
@@ -282,7 +284,7 @@ def run_bench(
     }
     eff = {**TrainConfig().to_dict(), **base}  # the settings the runs actually used
     # An env without splits evaluates on the tasks it trains on: the tables say so.
-    held = "test split" if eff["split_kwarg"] else "no split: the training tasks"
+    held = "test split" if eff["split_kwarg"] else "training tasks: no split"
     spread = f"mean ± std over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
     table = (
         f"Evaluation success (greedy, {held}), {spread}:\n\n"
@@ -301,11 +303,11 @@ def run_bench(
         f"{eff['env']}: {len(seeds)} seeds x {eff['steps']} steps x "
         f"{eff['groups_per_step']}x{eff['group_size']} episodes"
     )
-    plot(agg, out / "success.png", title)
+    plot(agg, out / "success.png", title, f"success (greedy, {held})")
     plot(agg_train, out / "train_success.png", title, "training success (sampled episodes)")
     for (k, part), a in agg_metrics.items():
         name = k if part == "eval" else f"train_{k}"
-        label = f"{k} ({'held-out, greedy' if part == 'eval' else 'sampled episodes'})"
+        label = f"{k} ({f'greedy, {held}' if part == 'eval' else 'sampled episodes'})"
         plot(a, out / f"{name}.png", title, label)
     result = {
         "methods": list(methods),
