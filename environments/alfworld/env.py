@@ -72,7 +72,8 @@ class AlfWorldEnv(Env):
         source: ``auto`` (official data if found, else generated), ``official`` (error without
             it) or ``generated``.
         task_types: ALFWorld task ids 1-6 or names; ``None``: all six.
-        num_games: use the first ``num_games`` games (official) / generate that many
+        num_games: a fixed random subset of ``num_games`` games (official; the same subset
+            every time for the same data) / generate that many
             (generated; default :data:`DEFAULT_GENERATED_GAMES`).
         expert: ``oracle`` (full-knowledge expert) or ``planner`` (Fast Downward).
     """
@@ -114,8 +115,11 @@ class AlfWorldEnv(Env):
         if root is not None:
             self.source = "official"
             games = collect_games(root / split, self.task_types)
-            if num_games is not None:
-                games = games[:num_games]
+            if num_games is not None and num_games < len(games):
+                # A fixed random subset, not the first N: the sorted list runs type by type,
+                # so its head would be one or two task types.
+                picked = random.Random(len(games)).sample(range(len(games)), num_games)
+                games = [games[i] for i in sorted(picked)]
         else:
             self.source = "generated"
             n = num_games or DEFAULT_GENERATED_GAMES[split]

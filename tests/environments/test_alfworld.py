@@ -172,6 +172,21 @@ def test_expert_wins_generated_games_of_all_six_types(generated: dict[str, Path]
     assert types == set(ALL_TYPES)
 
 
+def test_official_num_games_is_a_fixed_subset_across_types(official_layout: Path) -> None:
+    full = agentgym.make("alfworld/Train-v0", data_dir=str(official_layout))
+    a = agentgym.make("alfworld/Train-v0", data_dir=str(official_layout), num_games=4)
+    b = agentgym.make("alfworld/Train-v0", data_dir=str(official_layout), num_games=4)
+    try:
+        assert len(a.tasks) == 4 and a.tasks == b.tasks  # the same subset every time
+        assert set(a.tasks) <= set(full.tasks) and a.tasks == sorted(a.tasks)
+        assert a.tasks != full.tasks[:4]  # not the head of the sorted list ...
+        types = {t.split("/")[1].split("-")[0] for t in a.tasks}
+        assert len(types) > 2  # ... whose first 4 games are only 2 task types
+    finally:
+        for e in (full, a, b):
+            e.close()
+
+
 def test_consecutive_seeds_mix_task_types(generated: dict[str, Path]) -> None:
     """Seeds map to games through a fixed shuffle: a short window of seeds (an eval, one
     training step's groups) spans task types, seeds 0..n-1 still play each game once, and the
