@@ -162,6 +162,12 @@ class DistContext:
         keys = sorted(values)
         return dict(zip(keys, self.all_reduce([values[k] for k in keys])))
 
+    def sum_union(self, values: dict[str, float]) -> dict[str, float]:
+        """Sum a ``{name: number}`` dict over ranks whose keys may differ between ranks (a name
+        a rank lacks counts 0 there): every rank gets every name."""
+        keys = sorted({k for ks in self.all_gather_object(sorted(values)) for k in ks})
+        return self.sum_dict({k: values.get(k, 0.0) for k in keys}) if keys else {}
+
     def evaluate(
         self, fn: Any, pool: Any, policy: Any, *, episodes: int, seed: int, **kw: Any
     ) -> dict[str, float]:
@@ -187,9 +193,7 @@ class DistContext:
         )
         seconds = self.all_reduce([r.get("seconds", 0.0)], op="max")[0]
         eps, turns_all = max(tot["episodes"], 1.0), tot["turns"]
-        part = {k: v * n for k, v in (r.get("metrics") or {}).items()}
-        keys = sorted({k for ks in self.all_gather_object(sorted(part)) for k in ks})
-        metrics = self.sum_dict({k: part.get(k, 0.0) for k in keys}) if keys else {}
+        metrics = self.sum_union({k: v * n for k, v in (r.get("metrics") or {}).items()})
         return {
             "episodes": int(tot["episodes"]),
             "success_rate": tot["won"] / eps,

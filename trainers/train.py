@@ -398,10 +398,10 @@ def _train_metrics(
 ) -> dict[str, float]:
     """The ``train/*`` metrics of one RL step; under torchrun over all ranks' episodes (each
     rank holds some groups), in one process over its own."""
-    from agentgym.rollout import summarize
+    from agentgym.rollout import episode_metric_sums, summarize
 
     s = summarize(trajs)
-    env_metrics = _sum_env_metrics(ctx, trajs)
+    env_metrics = ctx.sum_union(episode_metric_sums(trajs))  # the env's own, over all ranks
     t = ctx.sum_dict(
         {
             "episodes": s.episodes,
@@ -444,15 +444,6 @@ def _eval_record(ev: dict[str, Any]) -> dict[str, float]:
 
 def _metric_name(key: str) -> str:
     return f"env_{key}" if key in _OWN_METRICS else key
-
-
-def _sum_env_metrics(ctx: Any, trajs: Sequence[Any]) -> dict[str, float]:
-    """The env's per-episode metrics (``episode_metric_sums``), summed over all ranks."""
-    from agentgym.rollout import episode_metric_sums
-
-    sums = episode_metric_sums(trajs)
-    keys = sorted({k for part in ctx.all_gather_object(sorted(sums)) for k in part})
-    return ctx.sum_dict({k: sums.get(k, 0.0) for k in keys}) if keys else {}
 
 
 def evaluate(
