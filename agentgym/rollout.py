@@ -16,7 +16,7 @@ from typing import Any
 
 from agentgym.policies import Policy, TurnContext
 from agentgym.pool import EnvPool
-from agentgym.trajectory import Trajectory, TrajectoryWriter, Turn
+from agentgym.trajectory import Trajectory, TrajectoryWriter, Turn, episode_metrics
 
 __all__ = ["rollout", "RolloutStats", "summarize", "episode_metric_sums"]
 
@@ -69,20 +69,13 @@ def summarize(trajs: Sequence[Trajectory]) -> RolloutStats:
 
 
 def episode_metric_sums(trajs: Sequence[Trajectory]) -> dict[str, float]:
-    """Per-episode env metrics summed over episodes: an env that reports
-    ``info["metrics"] = {name: number}`` (e.g. SWE's ``completion`` / ``modification`` /
-    ``resolution``) has each episode's LAST turn's values added up; an episode whose last turn
-    lacks a name (a crash, a turn limit before the env's end) counts 0 for it. Divide by the
-    number of episodes for rates. ``{}`` when no episode reports metrics."""
+    """Per-episode env metrics (:func:`~agentgym.trajectory.episode_metrics`) summed over
+    episodes; an episode that lacks a name (a crash, a turn limit before the env's end) counts 0
+    for it. Divide by the number of episodes for rates. ``{}`` when no episode reports metrics."""
     sums: dict[str, float] = {}
     for t in trajs:
-        m = t.turns[-1].info.get("metrics") if t.turns else None
-        if isinstance(m, dict):
-            for k, v in m.items():
-                if isinstance(v, (int, float)):
-                    sums[str(k)] = sums.get(str(k), 0.0) + float(v)
-                    continue
-                sums.setdefault(str(k), 0.0)
+        for k, v in episode_metrics(t.turns[-1].info if t.turns else None).items():
+            sums[k] = sums.get(k, 0.0) + v
     return sums
 
 

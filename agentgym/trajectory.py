@@ -30,11 +30,27 @@ import dataclasses
 import fcntl
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Turn", "Trajectory", "TrajectoryWriter", "read_trajectories", "write_trajectories"]
+__all__ = [
+    "Turn",
+    "Trajectory",
+    "TrajectoryWriter",
+    "episode_metrics",
+    "read_trajectories",
+    "write_trajectories",
+]
+
+
+def episode_metrics(last_info: Mapping[str, Any] | None) -> dict[str, float]:
+    """An episode's own env metrics: the numeric entries of its last turn's ``info["metrics"]``
+    (e.g. SWE's ``completion`` / ``modification`` / ``resolution``); ``{}`` when it has none."""
+    m = (last_info or {}).get("metrics")
+    if not isinstance(m, Mapping):
+        return {}
+    return {str(k): float(v) for k, v in m.items() if isinstance(v, (int, float))}
 
 
 @dataclasses.dataclass

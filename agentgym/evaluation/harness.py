@@ -41,7 +41,7 @@ from typing import Any
 from agentgym.core import Observation, StepResult
 from agentgym.evaluation import stats
 from agentgym.policies import Policy, PolicyOutput, TurnContext
-from agentgym.trajectory import Trajectory, TrajectoryWriter, iter_records
+from agentgym.trajectory import Trajectory, TrajectoryWriter, episode_metrics, iter_records
 from agentgym.utils import atomic_write, atomic_write_json
 
 __all__ = [
@@ -374,15 +374,9 @@ def _metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     crashed = sum(bool(r.get("crashed")) for r in records)
     truncated = sum(bool(r.get("truncated")) for r in records)
     # The env's own per-episode metrics (info["metrics"] of the last turn; missing = 0).
-    last = [((r.get("turns") or [{}])[-1].get("info") or {}).get("metrics") for r in records]
-    last = [m if isinstance(m, dict) else {} for m in last]
-    names = sorted({k for m in last for k, v in m.items() if isinstance(v, (int, float))})
-    env_metrics = {
-        k: stats.mean(
-            [float(v) if isinstance(v := m.get(k), (int, float)) else 0.0 for m in last]
-        ).to_dict()
-        for k in names
-    }
+    last = [episode_metrics((r.get("turns") or [{}])[-1].get("info")) for r in records]
+    names = sorted({k for m in last for k in m})
+    env_metrics = {k: stats.mean([m.get(k, 0.0) for m in last]).to_dict() for k in names}
     return {
         "episodes": n,
         "success_rate": stats.rate(won, n).to_dict(),
