@@ -58,29 +58,23 @@ METHODS: dict[str, dict[str, Any]] = {
 DEFAULT_METHODS = ("grpo", "rloo", "ppo", "gigpo", "gigpo+epo", "spa")
 
 
-def _curve(run_dir: Path, key: str = "eval/success") -> dict[int, float]:
-    """``key`` by RL step from a run's metrics.jsonl: ``eval/success`` (held-out, greedy; step
-    0 = the SFT model) or ``train/success`` (the step's sampled training episodes)."""
-    curve: dict[int, float] = {}
-    path = run_dir / "metrics.jsonl"
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        r = json.loads(line)
-        if key in r:
-            curve[int(r.get("step", 0))] = float(r[key])
-    return curve
+def _records(run_dir: Path) -> list[dict[str, Any]]:
+    """A run's metrics.jsonl records."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
-def _env_metric_keys(run_dir: Path) -> list[str]:
+def _curve(records: Sequence[dict[str, Any]], key: str = "eval/success") -> dict[int, float]:
+    """``key`` by RL step from a run's records: ``eval/success`` (held-out, greedy; step 0 = the
+    SFT model) or ``train/success`` (the step's sampled training episodes)."""
+    return {int(r.get("step", 0)): float(r[key]) for r in records if key in r}
+
+
+def _env_metric_keys(records: Sequence[dict[str, Any]]) -> list[str]:
     """The env's own metrics a run logged (``eval/<name>`` other than ``eval/success``)."""
-    keys: set[str] = set()
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        if line.strip():
-            keys.update(
-                k[5:] for k in json.loads(line) if k.startswith("eval/") and k != "eval/success"
-            )
-    return sorted(keys)
+    return sorted(
+        {k[5:] for r in records for k in r if k.startswith("eval/") and k != "eval/success"}
+    )
 
 
 def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
@@ -176,9 +170,9 @@ _BOOKKEEPING = frozenset(
 )
 
 
-def _check_cached(run_dir: Path, want: dict[str, Any]) -> None:
-    """Refuse to put a cached run made with other settings into this table."""
-    have = json.loads((run_dir / "report.json").read_text()).get("config", {})
+def _check_cached(run_dir: Path, have: dict[str, Any], want: dict[str, Any]) -> None:
+    """Refuse to put a cached run made with other settings (``have``, from its report) into
+    this table."""
     want = json.loads(json.dumps(want))  # tuples as the report stores them (lists)
     diff = [
         f"{k}: {have.get(k)!r} (cached) vs {v!r} (now)"
@@ -242,26 +236,27 @@ def run_bench(
                 }
             )
             if not fresh and (run_dir / "report.json").exists():
-                _check_cached(run_dir, cfg.to_dict())
+                rep = json.loads((run_dir / "report.json").read_text())
+                _check_cached(run_dir, rep.get("config", {}), cfg.to_dict())
             else:
                 rep = train(cfg)
                 log(
                     f"{m} seed {seed}: success {rep['success_initial']:.2f} -> "
                     f"{rep['success_final']:.2f} in {rep['wall_time_s']:.0f}s"
                 )
-            rep = json.loads((run_dir / "report.json").read_text())
+            records = _records(run_dir)
             runs.append(
                 {
                     "method": m,
                     "seed": seed,
-                    "curve": _curve(run_dir),
-                    "train_curve": _curve(run_dir, "train/success"),
+                    "curve": _curve(records),
+                    "train_curve": _curve(records, "train/success"),
                     "env_metrics": {
                         k: {
-                            "eval": _curve(run_dir, f"eval/{k}"),
-                            "train": _curve(run_dir, f"train/{k}"),
+                            "eval": _curve(records, f"eval/{k}"),
+                            "train": _curve(records, f"train/{k}"),
                         }
-                        for k in _env_metric_keys(run_dir)
+                        for k in _env_metric_keys(records)
                     },
                     "wall_time_s": rep["wall_time_s"],
                     "success_final": rep["success_final"],
