@@ -338,7 +338,7 @@ class CreditBatch:
 
 
 def _channel_value(rc: Any, name: str) -> float:
-    v = (rc or {}).get(name, 0.0) if isinstance(rc, dict) or rc is None else 0.0
+    v = rc.get(name, 0.0) if isinstance(rc, dict) else 0.0
     if isinstance(v, bool) or (isinstance(v, (int, float)) and math.isfinite(v)):
         return float(v)
     raise ValueError(

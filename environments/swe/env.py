@@ -301,7 +301,8 @@ class SWEEnv(Env):
 
     @staticmethod
     def _progress(info: dict[str, Any], patch: str) -> None:
-        """Channels and metrics of a turn that did not submit, from the working-tree diff."""
+        """A turn's ``repo_modified`` channel and metrics from the working-tree diff (not
+        completed, not resolved: ``_submit`` sets those)."""
         modified = float(bool(patch.strip()))
         info["reward_channels"]["repo_modified"] = modified
         info["metrics"] = {"completion": 0.0, "modification": modified, "resolution": 0.0}
@@ -375,12 +376,9 @@ class SWEEnv(Env):
             "empty_patch": "empty_patch",
             "patch_failed": "patch_failed",
         }.get(res.status, "tests_fail")
-        info["reward_channels"].update(
-            resolved=float(res.resolved),
-            submitted=1.0,
-            repo_modified=float(bool(patch.strip())),
-            tests_run=1.0,
-        )
+        self._progress(info, patch)  # repo_modified / modification, as on every turn
+        info["reward_channels"].update(resolved=float(res.resolved), submitted=1.0, tests_run=1.0)
+        info["metrics"].update(completion=1.0, resolution=float(res.resolved))
         info.update(
             outcome=outcome,
             won=res.resolved,
@@ -388,11 +386,6 @@ class SWEEnv(Env):
             valid=True,
             grade=res.to_dict(),
             model_patch=patch,
-            metrics={
-                "completion": 1.0,
-                "modification": float(bool(patch.strip())),
-                "resolution": float(res.resolved),
-            },
         )
         f2p = res.fail_to_pass
         text = (
