@@ -47,9 +47,13 @@ Rewards: ``reward="sparse"`` gives 1.0 on the move that solves the puzzle, else 
 ``reward="dense"`` gives ``(boxes on targets gained) / boxes`` per move, so a solution sums to
 1.0 (pushing a box off a target costs what pushing it on gave); ``reward="progress"`` is
 potential-based shaping with the solver's moves-to-go ``d`` as the potential: each move earns
-``(d_before - d_after) / L`` (``L``: the start's shortest solution; a dead end counts as
-``d_before + 1``), so a move towards the solution earns ``+1/L``, a move away ``-1/L``, a blocked
-move 0, and an optimal solution sums to 1.0. Success (``won``) is the same in every mode. ``info`` carries ``won``,
+``(d_before - d_after) / L`` (``L``: the start's shortest solution), so a move towards the
+solution earns ``+1/L``, a move away ``-1/L``, and an optimal solution sums to 1.0. A turn that
+changes nothing (a blocked move, or text that is not a move) costs ``-1/L`` like a move away: it
+spends one of the turns the solution needs, and a free no-op would be the safest answer a policy
+could learn. A dead end loses all progress made and one move more (the episode's return becomes
+``-1/L``, or one move less than it was if that is lower), so ending an episode in a dead end is
+never cheaper than going on. Success (``won``) is the same in every mode. ``info`` carries ``won``,
 ``lost``, ``score`` (boxes on targets), ``valid``, ``task_id`` and ``solution_len`` (the
 shortest solution's length from the start).
 
@@ -479,14 +483,26 @@ class SokobanEnv(Env):
                 else "The action was empty, so nothing happened. Reply with one of: up, down, "
                 "left, right."
             )
-            return self._same_state(text), 0.0, False, False, self._info(valid=False)
+            return (
+                self._same_state(text),
+                self._noop_reward(),
+                False,
+                False,
+                self._info(valid=False),
+            )
         out = _step(self.puzzle.walls, self.boxes, self.player, move)
         if out is None:
             dr, dc = MOVES[move]
             ahead = (self.player[0] + dr, self.player[1] + dc)
             what = "a wall" if ahead in self.puzzle.walls else "a box that cannot move"
             text = f"You cannot move {move}: {what} is in the way. Nothing happened."
-            return self._same_state(text), 0.0, False, False, self._info(valid=False)
+            return (
+                self._same_state(text),
+                self._noop_reward(),
+                False,
+                False,
+                self._info(valid=False),
+            )
         before = len(self.boxes & self.puzzle.targets)
         togo_before = len(self._plan() or []) if self.reward_mode == "progress" else 0
         self.player, self.boxes, kind = out
@@ -511,11 +527,21 @@ class SokobanEnv(Env):
         else:
             # Potential-based shaping (Ng et al. 1999) with the solver's moves-to-go as the
             # potential: +1/L for a move that brings the solution one move closer, -1/L for one
-            # that takes it one further, where L is the start's shortest solution; a dead end
-            # counts as one move further. An optimal solution sums to 1.0.
-            togo_after = togo_before + 1 if self._lost else len(self._plan() or [])
-            reward = (togo_before - togo_after) / max(1, self._solution_len)
+            # that takes it one further, where L is the start's shortest solution. An optimal
+            # solution sums to 1.0. A dead end's potential is that of L + 1 moves to go (or one
+            # more than before, if that is further): the progress made so far is taken back, so
+            # a dead end never pays better than playing on.
+            length = max(1, self._solution_len)
+            if self._lost:
+                togo_after = max(togo_before + 1, length + 1)
+            else:
+                togo_after = len(self._plan() or [])
+            reward = (togo_before - togo_after) / length
         return self._obs, reward, self._done, False, self._info(valid=True)
+
+    def _noop_reward(self) -> float:
+        """The reward of a turn that changes nothing: ``-1/L`` under ``progress``, else 0."""
+        return -1.0 / max(1, self._solution_len) if self.reward_mode == "progress" else 0.0
 
     def expert_action(self) -> str | None:
         """The first move of a shortest solution from the current state (``None`` when the

@@ -243,7 +243,7 @@ def test_progress_reward_is_shaping_by_the_solver_distance() -> None:
         assert r == pytest.approx(1.0 / length)  # every optimal move is one move closer
         total += r
     assert info["won"] and total == pytest.approx(1.0)
-    # A move away from the solution costs 1/L; a blocked move earns nothing.
+    # A move away from the solution costs 1/L; so does a turn that changes nothing.
     obs, info = env.reset(seed=4)
     best = env.expert_action()
     for m in obs.admissible_actions:
@@ -256,4 +256,30 @@ def test_progress_reward_is_shaping_by_the_solver_distance() -> None:
     blocked = [m for m in MOVES if m not in obs.admissible_actions]
     if blocked:
         env.reset(seed=4)
-        assert env.step(blocked[0])[1] == 0.0
+        assert env.step(blocked[0])[1] == pytest.approx(-1.0 / length)
+    env.reset(seed=4)
+    assert env.step("dance")[1] == pytest.approx(-1.0 / length)
+
+
+def test_progress_reward_takes_progress_back_on_a_dead_end() -> None:
+    """An episode that ends in a dead end returns at most -1/L, whatever progress came first."""
+    env = SokobanEnv(
+        height=6, width=6, max_walls=0, max_solution=12, reward="progress", image=False
+    )
+    found = 0
+    for seed in range(200):
+        _, info = env.reset(seed=seed)
+        length = info["solution_len"]
+        rng = random.Random(seed)
+        total, term, trunc = 0.0, False, False
+        while not (term or trunc):
+            # mostly the expert's move, sometimes a random one: some episodes progress, then die
+            m = env.expert_action() if rng.random() < 0.6 else rng.choice(list(MOVES))
+            _, r, term, trunc, info = env.step(m)
+            total += r
+        if info["lost"]:
+            found += 1
+            assert total <= -1.0 / length + 1e-9
+        else:
+            assert total <= 1.0 + 1e-9
+    assert found >= 5  # the check above ran on real dead ends
