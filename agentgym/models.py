@@ -348,8 +348,8 @@ def load_model(
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from a local HF folder or a built-in name (offline).
 
-    The one loader: the trainer's policy, ``agentgym serve`` and the critic all come through
-    here, so a model behaves the same wherever it is used. The tokenizer pads on the left (the
+    The one loader: the trainer (policy, reference model, resume) and ``agentgym serve`` come
+    through here, so a model behaves the same wherever it is used. The tokenizer pads on the left (the
     decoder batches prompts of different lengths) and always has a pad token (the eos token when
     the model names none). ``lora`` is a dict of :class:`peft.LoraConfig` arguments, e.g.
     ``{"r": 8, "lora_alpha": 16}`` (``target_modules`` defaults to the attention and MLP
