@@ -17,13 +17,7 @@ TEXTS = [
     "Say the secret word (hint: it has 5 letters). Nothing happens when you say beta.",
 ] * 20
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
