@@ -19,6 +19,9 @@ it is used, under ``$AGENTGYM_CACHE/models/NAME``:
 The conversion writes into a temporary folder beside the destination and renames it into place,
 under a file lock: a crash leaves no half-written model, and two processes asking at once convert
 once (the second waits, then finds the folder ready). Later loads read the safetensors (~1 s).
+
+:func:`load_model` is the one loader of a ``(model, tokenizer)`` pair: the trainer's policy and
+``agentgym serve`` both call it.
 """
 
 from __future__ import annotations
@@ -44,8 +47,11 @@ __all__ = [
     "convert_builtin",
     "gguf_source",
     "is_ready",
+    "load_model",
     "model_rows",
+    "resolve_device",
     "resolve_model",
+    "torch_dtype",
 ]
 
 #: Written last into a converted folder: what it was made from (and proof the folder is whole).
@@ -286,3 +292,90 @@ def model_rows() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+# ------------------------------------------------------------------------------- loading
+#: LoRA defaults: the attention and MLP projections of Llama/Qwen-style models.
+LORA_DEFAULTS: dict[str, Any] = {
+    "r": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.0,
+    "target_modules": [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ],
+}
+
+
+def resolve_device(device: str | None) -> str:
+    """``device`` as given, else ``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_dtype(dtype: Any) -> Any:
+    """A torch dtype for ``dtype`` (a name such as ``"bfloat16"``, ``"auto"``, a dtype, or None
+    for float32); ValueError naming the choices for anything else."""
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if not isinstance(dtype, str) or dtype == "auto":
+        return dtype
+    value = getattr(torch, dtype, None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(
+            f"dtype {dtype!r} is not a torch floating-point type: use float32, bfloat16, float16 "
+            "or auto"
+        )
+    return value
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    *,
+    device: str | None = None,
+    dtype: Any = None,
+    lora: dict[str, Any] | None = None,
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` from a local HF folder or a built-in name (offline).
+
+    The one loader: the trainer (policy, reference model, resume) and ``agentgym serve`` come
+    through here, so a model behaves the same wherever it is used. The tokenizer pads on the left (the
+    decoder batches prompts of different lengths) and always has a pad token (the eos token when
+    the model names none). ``lora`` is a dict of :class:`peft.LoraConfig` arguments, e.g.
+    ``{"r": 8, "lora_alpha": 16}`` (``target_modules`` defaults to the attention and MLP
+    projections).
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    path = resolve_model(path)  # a local folder, or a built-in name converted once
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"no Hugging Face model at {path} (config.json missing): pass a local model directory, "
+            "or create one with `agentgym model init --out DIR`"
+        )
+    device = resolve_device(device)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
+    model.to(device)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        cfg = {**LORA_DEFAULTS, **lora}
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **cfg))
+    return model, tok

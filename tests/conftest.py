@@ -39,3 +39,14 @@ def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
         report.longrepr = (
             f"skipped in CI, where Docker and Chromium must be available: {report.longrepr}"
         )
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():  # type: ignore[no-untyped-def]
+    """Torch on one thread for a module: tiny models run faster so, and the machines are shared."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -7,9 +7,11 @@ log-probability of every sampled token under the sampling distribution (logits d
 temperature, as the trainer recomputes them), so PPO can form importance ratios without a second
 forward pass. ``PolicyOutput.extras`` carries ``prompt_ids``, ``response_ids`` and ``logprobs``.
 
-Decoding is our own small loop rather than ``model.generate``: it keeps the log-probs exact (no
-logits processors in between) and draws from a private ``torch.Generator`` so a run is
-reproducible from its seed and the generator state can be checkpointed.
+Loading and decoding are the core's, shared with ``agentgym serve``:
+:func:`agentgym.models.load_model` and :func:`agentgym.decoding.decode`, which keeps the log-probs
+exact and draws from this policy's private ``torch.Generator``, so a run is reproducible from its
+seed and the generator state can be checkpointed. ``load_model`` and ``resolve_device`` are
+re-exported here for the code that imports them from this module.
 """
 
 from __future__ import annotations
@@ -19,78 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agentgym.models import resolve_model
+from agentgym.decoding import SamplingParams, decode
+from agentgym.models import load_model, resolve_device
 from agentgym.policies import PolicyOutput, TurnContext, build_messages, parse_action
 
 __all__ = ["HFPolicy", "load_model", "resolve_device"]
-
-
-def resolve_device(device: str | None) -> str:
-    import torch
-
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_model(
-    path: str | os.PathLike[str],
-    *,
-    device: str | None = None,
-    dtype: Any = None,
-    lora: dict[str, Any] | None = None,
-) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` from a local HF directory (offline), optionally wrap in LoRA.
-
-    ``lora`` is a dict of :class:`peft.LoraConfig` arguments, e.g. ``{"r": 8, "lora_alpha": 16}``
-    (``target_modules`` defaults to the attention and MLP projections).
-    """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    path = resolve_model(path)  # a local folder, or a built-in name converted once
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(
-            f"no Hugging Face model at {path} (config.json missing): pass a local model directory, "
-            "or create one with `agentgym model init --out DIR`"
-        )
-    device = resolve_device(device)
-    if isinstance(dtype, str):
-        dtype = {
-            "float32": torch.float32,
-            "bfloat16": torch.bfloat16,
-            "float16": torch.float16,
-            "auto": "auto",
-        }[dtype]
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.padding_side = "left"
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
-    model.to(device)
-    if lora:
-        from peft import LoraConfig, get_peft_model
-
-        cfg = {
-            "r": 8,
-            "lora_alpha": 16,
-            "lora_dropout": 0.0,
-            "target_modules": [
-                "q_proj",
-                "k_proj",
-                "v_proj",
-                "o_proj",
-                "gate_proj",
-                "up_proj",
-                "down_proj",
-            ],
-            **lora,
-        }
-        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **cfg))
-    return model, tok
 
 
 class HFPolicy:
@@ -182,104 +117,19 @@ class HFPolicy:
         return decode_outputs(self.tokenizer, prompts, responses, logprobs, **version)
 
     def generate(self, prompts: Sequence[list[int]]) -> tuple[list[list[int]], list[list[float]]]:
-        """Decode a batch of prompts together (:func:`decode`); response ids and log-probs."""
-        return decode(
+        """Decode a batch of prompts together; response ids (ending with eos when the reply
+        ended) and their log-probs under ``logits / temperature``, as the trainer recomputes
+        them."""
+        params = SamplingParams(self.max_new_tokens, self.temperature)
+        out = decode(
             self.model,
             prompts,
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            generator=self.generator,
+            [params] * len(prompts),
             eos_ids=self.eos_ids,
             pad_id=self.pad_id,
+            generator=self.generator,
         )
-
-
-def _cache_arg(model: Any) -> str:
-    """The forward's name for the KV cache: ``cache`` in current transformers, where
-    ``past_key_values`` is deprecated; ``past_key_values`` in older 5.x releases."""
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def decode(
-    model: Any,
-    prompts: Sequence[list[int]],
-    *,
-    max_new_tokens: int,
-    temperature: float,
-    generator: Any,
-    eos_ids: set[int],
-    pad_id: int,
-) -> tuple[list[list[int]], list[list[float]]]:
-    """The one Hugging Face decoding loop: sample (or, at ``temperature`` 0, greedily pick) up to
-    ``max_new_tokens`` for each prompt; return response ids and their log-probs under
-    ``logits / temperature``.
-
-    Prompts are left-padded; positions count only real tokens, so each row is computed exactly
-    as it would be alone. A row stops at an id of ``eos_ids`` (kept in its response) or at the
-    budget. Used by :class:`HFPolicy`; written without the policy so a server can call it too.
-    """
-    import torch
-
-    if not prompts:
-        return [], []
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    n = len(prompts)
-    width = max(len(p) for p in prompts)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        mask[i, width - len(p) :] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out_ids: list[list[int]] = [[] for _ in range(n)]
-    out_lp: list[list[float]] = [[] for _ in range(n)]
-    alive = torch.ones(n, dtype=torch.bool, device=device)
-    cache_arg = _cache_arg(model)
-    past = None
-    step_ids, step_pos = ids, pos
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
-            res = model(
-                input_ids=step_ids,
-                attention_mask=mask,
-                position_ids=step_pos,
-                use_cache=True,
-                logits_to_keep=1,  # only the last position's logits (the prefill's too)
-                **{cache_arg: past},
-            )
-            past = getattr(res, cache_arg)
-            logits = res.logits[:, -1, :].float()
-            if temperature > 0:
-                logp = torch.log_softmax(logits / temperature, dim=-1)
-                nxt = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
-            else:
-                logp = torch.log_softmax(logits, dim=-1)
-                nxt = logits.argmax(-1)
-            lp = logp.gather(-1, nxt[:, None]).squeeze(-1)
-            # One device-to-host copy per decoding step, not one per row.
-            nxt_l, lp_l, alive_l = nxt.tolist(), lp.tolist(), alive.tolist()
-            for i in range(n):
-                if not alive_l[i]:
-                    continue
-                out_ids[i].append(nxt_l[i])
-                out_lp[i].append(lp_l[i])
-                if nxt_l[i] in eos_ids:
-                    alive[i] = False
-            if not bool(alive.any()):
-                break
-            nxt = torch.where(alive, nxt, torch.full_like(nxt, pad_id))
-            step_ids = nxt[:, None]
-            step_pos = step_pos[:, -1:] + 1
-            mask = torch.cat([mask, alive.long()[:, None]], dim=1)
-    if was_training:
-        model.train()
-    return out_ids, out_lp
+        return out.tokens, out.logprobs
 
 
 def decode_outputs(
