@@ -28,7 +28,7 @@ the half-width is 4.30 std / sqrt(3), not 1.96). ``--compare A:B`` (default gigp
 run) pairs the runs by seed, since one seed is one SFT start shared by every method: the
 per-seed differences of final success give a mean difference with its t interval, a paired t-test
 and an exact sign-flip permutation test (all 2^n sign assignments; with n seeds its p-value cannot
-go below 2 / 2^n, so 5 seeds are the fewest that can reach 0.05).
+go below 2 / 2^n, so 6 seeds are the fewest that can go below 0.05: 2/64).
 
 Every training step logs ``credit/nonsingleton_frac`` (share of turns whose (group, anchor)
 step group has >= 2 members: the turns GiGPO's step advantage can use) whatever the method; the
@@ -164,9 +164,14 @@ def final_markdown(
     return "\n".join(rows) + "\n"
 
 
+#: The published ordering's steps (Feng et al. 2025): each pair (better, worse).
+ORDERING_PAIRS = (("gigpo", "grpo"), ("grpo", "rloo"), ("grpo", "ppo"))
+
+
 def ordering_markdown(final: dict[str, Cell], paired_res: dict[str, dict[str, Any]]) -> str:
     """Whether this run reproduces the published ordering GiGPO > GRPO > RLOO/PPO (Feng et al.
-    2025, long-horizon sparse-reward tasks): in the means, and which steps are significant."""
+    2025, long-horizon sparse-reward tasks): in the means, and which steps are significant
+    (``paired_res``: the paired tests of :data:`ORDERING_PAIRS`, keyed ``"A:B"``)."""
     if not {"gigpo", "grpo"} <= set(final) or not {"rloo", "ppo"} & set(final):
         return ""
     lows = [m for m in ("rloo", "ppo") if m in final]
@@ -198,7 +203,7 @@ def ordering_markdown(final: dict[str, Cell], paired_res: dict[str, dict[str, An
 
 
 def plot(
-    agg: dict[str, dict[int, tuple[float, float, int]]],
+    agg: dict[str, dict[int, Cell]],
     path: Path,
     title: str,
     ylabel: str = "held-out success (greedy)",
@@ -401,10 +406,10 @@ def run_bench(
     }
     final = {m: mean_ci([r["success_final"] for r in runs if r["method"] == m]) for m in methods}
     groups = {m: _mean_groups([r for r in runs if r["method"] == m]) for m in methods}
+    finals = {m: {r["seed"]: r["success_final"] for r in runs if r["method"] == m} for m in methods}
     paired_res: dict[str, dict[str, Any]] = {}
     for a, b in compare:
-        by = {m: {r["seed"]: r["success_final"] for r in runs if r["method"] == m} for m in (a, b)}
-        res = paired(by[a], by[b])
+        res = paired(finals[a], finals[b])
         if res is not None:
             paired_res[f"{a}:{b}"] = {**res, "verdict": verdict(a, b, res)}
     eff = {**TrainConfig().to_dict(), **base}  # the settings the runs actually used
@@ -424,7 +429,13 @@ def run_bench(
             "success, 95% t interval, paired t-test and exact sign-flip test, two-sided):\n\n"
             + "".join(f"* {v['verdict']}\n" for v in paired_res.values())
         )
-    order = ordering_markdown(final, paired_res)
+    # The ordering line tests each of its steps by seed, asked for with --compare or not.
+    order_tests = {
+        f"{a}:{b}": paired_res.get(f"{a}:{b}") or paired(finals[a], finals[b])
+        for a, b in ORDERING_PAIRS
+        if a in finals and b in finals
+    }
+    order = ordering_markdown(final, {k: v for k, v in order_tests.items() if v is not None})
     if order:
         table += "\n" + order
     table += (
@@ -458,6 +469,7 @@ def run_bench(
         "final": final,
         "step_groups": groups,
         "paired": paired_res,
+        "ordering": order.strip() or None,
         "table": _json_table(agg),
         "train_table": _json_table(agg_train),
         "env_metric_tables": {

@@ -390,14 +390,15 @@ def test_bench_algos_writes_table_plot_and_results(tmp_path, tiny_model):
     pair = [("gigpo", "grpo+gated")]
     res = run_bench(
         tmp_path / "b",
-        methods=["gigpo", "grpo+gated"],
+        methods=["gigpo", "grpo+gated", "grpo", "rloo"],
         seeds=[0],
         base=base,
         compare=pair,
         log=logs.append,
     )
-    assert [r["method"] for r in res["runs"]] == ["gigpo", "grpo+gated"]
-    assert set(res["table"]) == {"gigpo", "grpo+gated"} and "1" in res["table"]["gigpo"]
+    assert [r["method"] for r in res["runs"]] == ["gigpo", "grpo+gated", "grpo", "rloo"]
+    assert set(res["table"]) == {"gigpo", "grpo+gated", "grpo", "rloo"}
+    assert "1" in res["table"]["gigpo"]
     assert set(res["table"]["gigpo"]["1"]) == {"mean", "std", "n", "lo", "hi", "half"}
     # Every method logs the step-group statistics each step (Signs anchors recur in a group).
     rec = [json.loads(x) for x in (tmp_path / "b" / "grpo+gated_seed0" / "metrics.jsonl").open()]
@@ -427,16 +428,21 @@ def test_bench_algos_writes_table_plot_and_results(tmp_path, tiny_model):
     assert "(greedy, test split), mean ± 95% CI half-width (Student t) over 1 seed:" in table
     assert "| non-singleton turns |" in table and p["verdict"] in table
     assert p["verdict"].startswith("gigpo beat grpo+gated on ")
+    # gigpo, grpo and rloo ran: the published ordering is stated (tested by seed even though
+    # only gigpo:grpo+gated was asked for).
+    assert res["ordering"].startswith("Published ordering GiGPO > GRPO > RLOO (final held-out")
+    assert "paired t-tests" not in res["ordering"]  # one seed: no t-test to report
+    assert res["ordering"] in table and set(res["paired"]) == {"gigpo:grpo+gated"}
     assert set(res["env_metric_tables"]) == {"eval/rooms_passed", "train/rooms_passed"}
     again = run_bench(
         tmp_path / "b",
-        methods=["gigpo", "grpo+gated"],
+        methods=["gigpo", "grpo+gated", "grpo", "rloo"],
         seeds=[0],
         base=base,
         compare=pair,
         log=logs.append,
     )
-    assert again["table"] == res["table"] and len(logs) == 3  # SFT + 2 runs, nothing retrained
+    assert again["table"] == res["table"] and len(logs) == 5  # SFT + 4 runs, nothing retrained
     assert again["paired"] == res["paired"]
     # The CLI with the same settings from a --config file (its steps overridden by --steps):
     # the cached runs match, so nothing is trained (the bench's own defaults, 4 steps, would
@@ -444,7 +450,8 @@ def test_bench_algos_writes_table_plot_and_results(tmp_path, tiny_model):
     cfg_file = tmp_path / "bench.json"
     cfg_file.write_text(json.dumps({**base, "steps": 3}))
     stamp = (tmp_path / "b" / "gigpo_seed0" / "report.json").stat().st_mtime_ns
-    argv = ["--out", str(tmp_path / "b"), "--methods", "gigpo,grpo+gated", "--seeds", "0"]
+    argv = ["--out", str(tmp_path / "b"), "--methods", "gigpo,grpo+gated,grpo,rloo"]
+    argv += ["--seeds", "0"]
     argv += ["--config", str(cfg_file), "--steps", "1", "--compare", "gigpo:grpo+gated"]
     assert main(argv) == 0
     assert (tmp_path / "b" / "gigpo_seed0" / "report.json").stat().st_mtime_ns == stamp
