@@ -14,9 +14,25 @@ starts RL from that same SFT model, so step 0 is identical across methods and th
 isolates the RL algorithm. Held-out success (greedy, test split) is measured every
 ``eval_every`` steps. Outputs in ``--out``:
 
-* ``results.json``: every run's success curve and wall time, and the aggregated table;
-* ``table.md``: held-out success (mean +- standard deviation over seeds) at each evaluated step;
-* ``success.png``: success rate vs RL step, one line per method, shaded +-1 std.
+* ``results.json``: every run's success curve, wall time and step-group statistics; per method
+  and step the mean, sample std, seed count and 95% interval (``table``); the final success per
+  method (``final``); the paired comparisons (``paired``);
+* ``table.md``: final held-out success per method with its 95% interval, the mean share of
+  training turns in non-singleton step groups, one line per paired comparison, whether the
+  published ordering GiGPO > GRPO > RLOO/PPO holds, then held-out success at each evaluated step
+  (mean +- half-width of the 95% interval);
+* ``success.png``: success rate vs RL step, one line per method, shaded by the 95% interval.
+
+Intervals over seeds are Student t intervals of the mean (n-1 degrees of freedom: with 3 seeds
+the half-width is 4.30 std / sqrt(3), not 1.96). ``--compare A:B`` (default gigpo:grpo when both
+run) pairs the runs by seed, since one seed is one SFT start shared by every method: the
+per-seed differences of final success give a mean difference with its t interval, a paired t-test
+and an exact sign-flip permutation test (all 2^n sign assignments; with n seeds its p-value cannot
+go below 2 / 2^n, so 6 seeds are the fewest that can go below 0.05: 2/64).
+
+Every training step logs ``credit/nonsingleton_frac`` (share of turns whose (group, anchor)
+step group has >= 2 members: the turns GiGPO's step advantage can use) whatever the method; the
+table reports its mean per method. ``--config FILE`` gives the base TrainConfig of every run.
 
 Envs that report per-episode metrics (``info["metrics"]``, e.g. SWE's completion /
 modification / resolution) get the same table and a plot per metric (``<metric>.png``, held-out;
@@ -34,14 +50,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["METHODS", "DEFAULT_METHODS", "run_bench", "aggregate", "add_cli"]
+from agentgym.benchmarks.stats import mean_ci, paired, verdict
+
+__all__ = ["METHODS", "DEFAULT_METHODS", "run_bench", "aggregate", "parse_compare", "add_cli"]
 
 #: method name -> TrainConfig overrides.
 METHODS: dict[str, dict[str, Any]] = {
@@ -77,46 +94,116 @@ def _env_metric_keys(records: Sequence[dict[str, Any]]) -> list[str]:
     )
 
 
-def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return m, sd
+def _step_group_means(records: Sequence[dict[str, Any]]) -> dict[str, float] | None:
+    """A run's step-group statistics (``credit/nonsingleton_frac`` etc., logged every RL step by
+    every method) averaged over its steps; None for a run logged before they existed."""
+    out = {}
+    for key in STEP_GROUP_KEYS:
+        xs = [float(r[key]) for r in records if key in r]
+        if not xs:
+            return None
+        out[key.split("/", 1)[1]] = sum(xs) / len(xs)
+    return out
 
 
-def aggregate(
-    runs: Sequence[dict[str, Any]], key: str = "curve"
-) -> dict[str, dict[int, tuple[float, float, int]]]:
-    """``{method: {step: (mean, std, n_seeds)}}`` over runs ``{"method", "seed", key}``."""
+#: The per-step metrics of :func:`agentgym.trainers.credit.step_group_stats` the table reports.
+STEP_GROUP_KEYS = ("credit/nonsingleton_frac", "credit/step_groups", "credit/anchored_frac")
+
+Cell = dict[str, Any]  # stats.mean_ci(): mean, std, n, lo, hi, half
+
+
+def aggregate(runs: Sequence[dict[str, Any]], key: str = "curve") -> dict[str, dict[int, Cell]]:
+    """``{method: {step: mean_ci}}`` over runs ``{"method", "seed", key}``: mean, sample std,
+    number of seeds and the 95% Student t interval of the mean (see :mod:`.stats`)."""
     by: dict[str, dict[int, list[float]]] = {}
     for r in runs:
         for step, v in r[key].items():
             by.setdefault(r["method"], {}).setdefault(int(step), []).append(v)
-    return {
-        m: {s: (*_mean_std(v), len(v)) for s, v in sorted(steps.items())} for m, steps in by.items()
-    }
+    return {m: {s: mean_ci(v) for s, v in sorted(steps.items())} for m, steps in by.items()}
 
 
-def table_markdown(
-    agg: dict[str, dict[int, tuple[float, float, int]]], wall: dict[str, float]
-) -> str:
+def _cell(c: Cell) -> str:
+    """``mean ± half-width of the 95% interval``, or the mean alone from one seed."""
+    return f"{c['mean']:.2f}" if c["half"] is None else f"{c['mean']:.2f} ± {c['half']:.2f}"
+
+
+def table_markdown(agg: dict[str, dict[int, Cell]], wall: dict[str, float]) -> str:
     steps = sorted({s for curve in agg.values() for s in curve})
     head = "| method | " + " | ".join(f"step {s}" for s in steps) + " | wall s/run |"
     sep = "|---" * (len(steps) + 2) + "|"
     rows = [head, sep]
     for m, curve in agg.items():
-        cells = []
-        for s in steps:
-            if s in curve:
-                mean, sd, _ = curve[s]
-                cells.append(f"{mean:.2f} ± {sd:.2f}")
-            else:
-                cells.append("")
+        cells = [_cell(curve[s]) if s in curve else "" for s in steps]
         rows.append(f"| {m} | " + " | ".join(cells) + f" | {wall.get(m, float('nan')):.0f} |")
     return "\n".join(rows) + "\n"
 
 
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def final_markdown(
+    final: dict[str, Cell], groups: dict[str, dict[str, float] | None], wall: dict[str, float]
+) -> str:
+    """One row per method: final held-out success with its 95% interval and std, and the mean
+    step-group statistics of its training batches."""
+    rows = [
+        "| method | final success | 95% CI | std | seeds | non-singleton turns | step groups "
+        "| wall s/run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m, c in final.items():
+        ci = "n/a (1 seed)" if c["lo"] is None else f"[{c['lo']:.2f}, {c['hi']:.2f}]"
+        g = groups.get(m)
+        frac = _fmt(g["nonsingleton_frac"] if g else None)
+        ngroups = _fmt(g["step_groups"] if g else None, ".1f")
+        rows.append(
+            f"| {m} | {c['mean']:.2f} | {ci} | {c['std']:.2f} | {c['n']} | {frac} | {ngroups} "
+            f"| {wall.get(m, float('nan')):.0f} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+#: The published ordering's steps (Feng et al. 2025): each pair (better, worse).
+ORDERING_PAIRS = (("gigpo", "grpo"), ("grpo", "rloo"), ("grpo", "ppo"))
+
+
+def ordering_markdown(final: dict[str, Cell], paired_res: dict[str, dict[str, Any]]) -> str:
+    """Whether this run reproduces the published ordering GiGPO > GRPO > RLOO/PPO (Feng et al.
+    2025, long-horizon sparse-reward tasks): in the means, and which steps are significant
+    (``paired_res``: the paired tests of :data:`ORDERING_PAIRS`, keyed ``"A:B"``)."""
+    if not {"gigpo", "grpo"} <= set(final) or not {"rloo", "ppo"} & set(final):
+        return ""
+    lows = [m for m in ("rloo", "ppo") if m in final]
+    mean = {m: final[m]["mean"] for m in final}
+    holds = mean["gigpo"] > mean["grpo"] and all(mean["grpo"] > mean[m] for m in lows)
+    means = ", ".join(f"{m} {mean[m]:.3f}" for m in ("gigpo", "grpo", *lows))
+    text = (
+        f"Published ordering GiGPO > GRPO > {'/'.join(x.upper() for x in lows)} (final "
+        f"held-out success means: {means}): "
+        + ("reproduced in the means" if holds else "NOT reproduced in the means")
+    )
+    tested = [
+        f"{k} p = {v['p_ttest']:.3g}"
+        for k, v in paired_res.items()
+        if k in ("gigpo:grpo", *(f"grpo:{m}" for m in lows)) and v["p_ttest"] is not None
+    ]
+    sig = [
+        k
+        for k, v in paired_res.items()
+        if k in ("gigpo:grpo", *(f"grpo:{m}" for m in lows))
+        and v["p_ttest"] is not None
+        and v["p_ttest"] < 0.05
+        and v["mean_diff"] > 0
+    ]
+    if tested:
+        text += f"; paired t-tests {', '.join(tested)}; significant in the published direction: "
+        text += ", ".join(sig) if sig else "none"
+    return text + ".\n"
+
+
 def plot(
-    agg: dict[str, dict[int, tuple[float, float, int]]],
+    agg: dict[str, dict[int, Cell]],
     path: Path,
     title: str,
     ylabel: str = "held-out success (greedy)",
@@ -130,16 +217,18 @@ def plot(
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for m, curve in agg.items():
         xs = sorted(curve)
-        mean = [curve[s][0] for s in xs]
-        sd = [curve[s][1] for s in xs]
+        mean = [curve[s]["mean"] for s in xs]
         (line,) = ax.plot(xs, mean, "o-", label=m)
-        ax.fill_between(
-            xs,
-            [a - b for a, b in zip(mean, sd)],
-            [a + b for a, b in zip(mean, sd)],
-            color=line.get_color(),
-            alpha=0.12,
-        )
+        # The 95% t interval of the mean over seeds (none from one seed: the line alone).
+        band = [(s, curve[s]["lo"], curve[s]["hi"]) for s in xs if curve[s]["lo"] is not None]
+        if band:
+            ax.fill_between(
+                [b[0] for b in band],
+                [b[1] for b in band],
+                [b[2] for b in band],
+                color=line.get_color(),
+                alpha=0.12,
+            )
     ax.set_xlabel("RL step")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
@@ -153,6 +242,30 @@ def plot(
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
+
+
+def _json_table(agg: dict[str, dict[int, Cell]]) -> dict[str, dict[str, Cell]]:
+    """``{method: {"step": cell}}``: JSON object keys are strings."""
+    return {m: {str(s): v for s, v in c.items()} for m, c in agg.items()}
+
+
+def _mean_groups(runs: Sequence[dict[str, Any]]) -> dict[str, float] | None:
+    """Step-group statistics of one method averaged over its seeds (None if a run lacks them)."""
+    got = [r["step_groups"] for r in runs]
+    if not got or any(g is None for g in got):
+        return None
+    return {k: sum(g[k] for g in got) / len(got) for k in got[0]}
+
+
+def parse_compare(values: Sequence[str]) -> list[tuple[str, str]]:
+    """``["gigpo:grpo", ...]`` (``--compare``) as pairs of method names."""
+    pairs = []
+    for v in values:
+        a, sep, b = v.partition(":")
+        if not sep or not a or not b or b.count(":"):
+            raise ValueError(f"--compare {v!r}: write two methods as A:B, e.g. gigpo:grpo")
+        pairs.append((a.strip(), b.strip()))
+    return pairs
 
 
 #: Settings that cannot change a run's numbers (where it is written, how it is logged).
@@ -194,12 +307,15 @@ def run_bench(
     base: dict[str, Any],
     fresh: bool = False,
     shared_sft: bool = False,
+    compare: Sequence[tuple[str, str]] | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
     """Train every (method, seed) with ``base`` TrainConfig settings; write table, plot, JSON.
 
     ``shared_sft``: every seed starts RL from the first seed's SFT model (the seeds then vary
     only the RL sampling and task order); otherwise each seed builds and SFTs its own model.
+    ``compare``: pairs ``(A, B)`` of methods to test against each other seed by seed (default:
+    gigpo vs grpo when both run).
     """
     from agentgym.trainers.train import TrainConfig, train
     from agentgym.utils import atomic_write, atomic_write_json
@@ -207,6 +323,16 @@ def run_bench(
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}: choose from {', '.join(METHODS)}")
+    if compare is None:
+        compare = [("gigpo", "grpo")] if {"gigpo", "grpo"} <= set(methods) else []
+    for a, b in compare:
+        missing = [m for m in (a, b) if m not in methods]
+        if missing or a == b:
+            raise ValueError(
+                f"--compare {a}:{b}: "
+                + (f"{', '.join(missing)} not among the methods run" if missing else "same method")
+                + f"; pick two of {', '.join(methods)}"
+            )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
@@ -260,6 +386,7 @@ def run_bench(
                     },
                     "wall_time_s": rep["wall_time_s"],
                     "success_final": rep["success_final"],
+                    "step_groups": _step_group_means(records),
                 }
             )
     agg = aggregate(runs)
@@ -277,12 +404,42 @@ def run_bench(
         / max(1, sum(r["method"] == m for r in runs))
         for m in methods
     }
+    final = {m: mean_ci([r["success_final"] for r in runs if r["method"] == m]) for m in methods}
+    groups = {m: _mean_groups([r for r in runs if r["method"] == m]) for m in methods}
+    finals = {m: {r["seed"]: r["success_final"] for r in runs if r["method"] == m} for m in methods}
+    paired_res: dict[str, dict[str, Any]] = {}
+    for a, b in compare:
+        res = paired(finals[a], finals[b])
+        if res is not None:
+            paired_res[f"{a}:{b}"] = {**res, "verdict": verdict(a, b, res)}
     eff = {**TrainConfig().to_dict(), **base}  # the settings the runs actually used
     # An env without splits evaluates on the tasks it trains on: the tables say so.
     held = "test split" if eff["split_kwarg"] else "training tasks: no split"
-    spread = f"mean ± std over {len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+    n_s = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+    spread = f"mean ± 95% CI half-width (Student t) over {n_s}"
     table = (
-        f"Evaluation success (greedy, {held}), {spread}:\n\n"
+        f"Final evaluation success (greedy, {held}) over {n_s}: mean, 95% Student t interval of "
+        "the mean, std; non-singleton turns = share of training turns whose (group, anchor) step "
+        "group has >= 2 members, step groups = distinct step groups per batch (both averaged "
+        "over the RL steps):\n\n" + final_markdown(final, groups, wall)
+    )
+    if paired_res:
+        table += (
+            "\nPaired comparison by seed (same seed = same SFT start; difference of final "
+            "success, 95% t interval, paired t-test and exact sign-flip test, two-sided):\n\n"
+            + "".join(f"* {v['verdict']}\n" for v in paired_res.values())
+        )
+    # The ordering line tests each of its steps by seed, asked for with --compare or not.
+    order_tests = {
+        f"{a}:{b}": paired_res.get(f"{a}:{b}") or paired(finals[a], finals[b])
+        for a, b in ORDERING_PAIRS
+        if a in finals and b in finals
+    }
+    order = ordering_markdown(final, {k: v for k, v in order_tests.items() if v is not None})
+    if order:
+        table += "\n" + order
+    table += (
+        f"\nEvaluation success (greedy, {held}), {spread}:\n\n"
         + table_markdown(agg, wall)
         + f"\nTraining success (sampled episodes of each RL step), {spread}:\n\n"
         + table_markdown(agg_train, wall)
@@ -296,7 +453,7 @@ def run_bench(
         f.write(table)
     title = (
         f"{eff['env']}: {len(seeds)} seeds x {eff['steps']} steps x "
-        f"{eff['groups_per_step']}x{eff['group_size']} episodes"
+        f"{eff['groups_per_step']}x{eff['group_size']} episodes (mean, 95% CI)"
     )
     plot(agg, out / "success.png", title, f"success (greedy, {held})")
     plot(agg_train, out / "train_success.png", title, "training success (sampled episodes)")
@@ -309,11 +466,14 @@ def run_bench(
         "seeds": list(seeds),
         "base_config": base,
         "runs": runs,
-        "table": {m: {str(s): list(v) for s, v in c.items()} for m, c in agg.items()},
-        "train_table": {m: {str(s): list(v) for s, v in c.items()} for m, c in agg_train.items()},
+        "final": final,
+        "step_groups": groups,
+        "paired": paired_res,
+        "ordering": order.strip() or None,
+        "table": _json_table(agg),
+        "train_table": _json_table(agg_train),
         "env_metric_tables": {
-            f"{part}/{k}": {m: {str(s): list(v) for s, v in c.items()} for m, c in a.items()}
-            for (k, part), a in agg_metrics.items()
+            f"{part}/{k}": _json_table(a) for (k, part), a in agg_metrics.items()
         },
         "wall_time_s": round(time.perf_counter() - t_all, 1),
     }
@@ -337,11 +497,30 @@ DEFAULT_BASE: dict[str, Any] = {
 }
 
 
+def base_from_file(path: str | Path) -> dict[str, Any]:
+    """TrainConfig fields from a ``.yaml``/``.json``/``.toml`` file (``--config``): the base of
+    every run, under the bench's own flags. ``out``, ``seed`` and the method's settings (``algo``,
+    ``epo``, ``transform``) are set per run; the rest applies to all."""
+    from agentgym.trainers.train import TrainConfig, load_config_file
+
+    data = load_config_file(path)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(
+            f"config file {path}: unknown key(s) {unknown}: remove them (valid keys: "
+            "`agentgym train --help`)"
+        )
+    return data
+
+
 def cmd_bench_algos(args: argparse.Namespace) -> int:
     from agentgym.trainers.train import TrainConfig
 
     base = dict(DEFAULT_BASE)
     names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if args.config:
+        base.update(base_from_file(args.config))
     for key in (
         "env",
         "steps",
@@ -372,6 +551,7 @@ def cmd_bench_algos(args: argparse.Namespace) -> int:
         base=base,
         fresh=args.fresh,
         shared_sft=args.shared_sft,
+        compare=parse_compare(args.compare) if args.compare else None,
     )
     if args.json:
         print(json.dumps(result))
@@ -389,13 +569,20 @@ def add_cli(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
         "algos",
         help="compare GRPO, RLOO, PPO, GiGPO, GiGPO+EPO and SPA under one training budget",
         description="Train each credit-assignment method with the same env, model, seeds and "
-        "budget; print held-out success vs RL step (mean ± std over seeds) and plot it.",
+        "budget; print held-out success vs RL step (mean and 95% interval over seeds), paired "
+        "by-seed tests, and plot it.",
     )
     p.add_argument("--out", default="runs/bench_algos", help="output folder (runs are cached)")
     p.add_argument(
         "--methods",
         help=f"comma-separated methods from {','.join(METHODS)} "
         f"(default: {','.join(DEFAULT_METHODS)})",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TrainConfig fields (.yaml/.json/.toml) used as the base of every run; the flags "
+        "below override them",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds")
     p.add_argument("--env", help="env id (default: the trainer's default TextWorld env)")
@@ -416,6 +603,13 @@ def add_cli(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
         "--shared-sft",
         action="store_true",
         help="start every seed from the first seed's SFT model (seeds vary RL only)",
+    )
+    p.add_argument(
+        "--compare",
+        action="append",
+        metavar="A:B",
+        help="paired by-seed test of method A against B on final held-out success (repeatable; "
+        "default gigpo:grpo when both run)",
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_bench_algos)

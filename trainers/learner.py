@@ -52,7 +52,12 @@ class Learner:
 
     def learn(self, step: int, mine: Sequence[Any]) -> Learned:
         """Credit and update on this rank's episodes ``mine`` (sorted by id) of RL ``step``."""
-        from agentgym.trainers.credit import CreditBatch, apply_transforms, compute_advantages
+        from agentgym.trainers.credit import (
+            CreditBatch,
+            apply_transforms,
+            compute_advantages,
+            step_group_stats,
+        )
         from agentgym.trainers.losses import ppo_update
         from agentgym.trainers.terms import default_terms
 
@@ -63,7 +68,7 @@ class Learner:
         hi = lo + len(mine)
         shaped = apply_penalty([t for p in parts for t in p], cfg.invalid_penalty)
         batch = apply_transforms(cfg.transform, CreditBatch.from_trajectories(shaped), credit_cfg)
-        extra: dict[str, float] = {}
+        extra: dict[str, float] = step_group_stats(batch)  # every method: it describes the data
         for piece in self.pieces:
             batch, metrics = piece.annotate(batch, shaped)
             extra.update(metrics)

@@ -28,6 +28,7 @@ from agentgym.trainers.credit import (
     gigpo_components,
     register_estimator,
     spa_rewards,
+    step_group_stats,
     turn_returns,
 )
 from agentgym.trajectory import Trajectory, Turn, write_trajectories
@@ -154,6 +155,33 @@ def test_gigpo_all_anchors_distinct_or_empty_gives_only_episode_part():
     b = batch([[0, 1], [0, 0]], anchors=[["", "b"], ["", "c"]])
     _, step = gigpo_components(b, CreditConfig())
     close(step, [[0, 0], [0, 0]])
+
+
+def test_step_group_stats_by_hand():
+    # gigpo_batch: 9 turns; (g, s0) and (g, s1) have 3 members each (s1 twice in t1), (g, s2)
+    # and (h, s0) one each, and t2's second turn has no anchor: 6 of 9 turns are in a
+    # non-singleton step group, 4 step groups, 8 of 9 turns anchored.
+    got = step_group_stats(gigpo_batch())
+    assert got == pytest.approx(
+        {
+            "credit/nonsingleton_frac": 6 / 9,
+            "credit/step_groups": 4.0,
+            "credit/anchored_frac": 8 / 9,
+        }
+    )
+    # The turns with a non-zero GiGPO step advantage lie in those groups (5 of the 6: t0's first
+    # turn has its group's mean return, so its step advantage is 0).
+    _, step = gigpo_components(gigpo_batch(), CreditConfig(gamma=0.5, eps=EPS))
+    assert sum(int(np.count_nonzero(s)) for s in step) == 5
+    # No anchors: nothing to group; no turns at all: zeros, not a division by zero.
+    none = step_group_stats(batch([[0, 1], [1]]))
+    assert none == {
+        "credit/nonsingleton_frac": 0.0,
+        "credit/step_groups": 0.0,
+        "credit/anchored_frac": 0.0,
+    }
+    empty = CreditBatch(rewards=[], anchors=[], groups=[], ids=[])
+    assert step_group_stats(empty)["credit/nonsingleton_frac"] == 0.0
 
 
 # ---------------------------------------------------------------------------------------------

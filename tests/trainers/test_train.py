@@ -376,8 +376,9 @@ def test_docs_list_every_setting_with_its_default() -> None:
 @needs_torch
 def test_bench_algos_writes_table_plot_and_results(tmp_path, tiny_model):
     """`agentgym bench algos` end to end on two methods: one shared SFT start, a run per
-    method, then the table, the plots and results.json (re-running reuses the cached runs)."""
-    from agentgym.benchmarks.algos import run_bench
+    method, then the table (95% intervals, paired comparison, step-group fraction), the plots
+    and results.json; re-running, also through the CLI with --config, reuses the cached runs."""
+    from agentgym.benchmarks.algos import main, run_bench
 
     base = {
         k: v
@@ -386,11 +387,31 @@ def test_bench_algos_writes_table_plot_and_results(tmp_path, tiny_model):
     }
     base.update(eval_every=1, save_every=0, kl_coef=0.0)
     logs: list[str] = []
+    pair = [("gigpo", "grpo+gated")]
     res = run_bench(
-        tmp_path / "b", methods=["gigpo", "grpo+gated"], seeds=[0], base=base, log=logs.append
+        tmp_path / "b",
+        methods=["gigpo", "grpo+gated", "grpo", "rloo"],
+        seeds=[0],
+        base=base,
+        compare=pair,
+        log=logs.append,
     )
-    assert [r["method"] for r in res["runs"]] == ["gigpo", "grpo+gated"]
-    assert set(res["table"]) == {"gigpo", "grpo+gated"} and "1" in res["table"]["gigpo"]
+    assert [r["method"] for r in res["runs"]] == ["gigpo", "grpo+gated", "grpo", "rloo"]
+    assert set(res["table"]) == {"gigpo", "grpo+gated", "grpo", "rloo"}
+    assert "1" in res["table"]["gigpo"]
+    assert set(res["table"]["gigpo"]["1"]) == {"mean", "std", "n", "lo", "hi", "half"}
+    # Every method logs the step-group statistics each step (Signs anchors recur in a group).
+    rec = [json.loads(x) for x in (tmp_path / "b" / "grpo+gated_seed0" / "metrics.jsonl").open()]
+    fracs = [r["credit/nonsingleton_frac"] for r in rec if "credit/nonsingleton_frac" in r]
+    assert len(fracs) == 1 and 0.0 < fracs[0] <= 1.0
+    assert res["step_groups"]["grpo+gated"]["nonsingleton_frac"] == pytest.approx(fracs[0])
+    final = res["final"]["gigpo"]
+    assert final["n"] == 1 and final["mean"] == res["runs"][0]["success_final"]
+    p = res["paired"]["gigpo:grpo+gated"]
+    assert p["n"] == 1 and p["p_signflip"] == 1.0 and p["p_ttest"] is None
+    assert p["mean_diff"] == pytest.approx(
+        res["runs"][0]["success_final"] - res["runs"][1]["success_final"]
+    )
     gated = json.loads((tmp_path / "b" / "grpo+gated_seed0" / "report.json").read_text())
     assert gated["estimator"]["transform"] == ["gated"]
     for name in (
@@ -404,12 +425,45 @@ def test_bench_algos_writes_table_plot_and_results(tmp_path, tiny_model):
         assert (tmp_path / "b" / name).stat().st_size > 0
     table = (tmp_path / "b" / "table.md").read_text()
     assert "| grpo+gated |" in table and "Env metric `rooms_passed`" in table
-    assert "(greedy, test split), mean ± std over 1 seed:" in table
+    assert "(greedy, test split), mean ± 95% CI half-width (Student t) over 1 seed:" in table
+    assert "| non-singleton turns |" in table and p["verdict"] in table
+    assert p["verdict"].startswith("gigpo beat grpo+gated on ")
+    # gigpo, grpo and rloo ran: the published ordering is stated (tested by seed even though
+    # only gigpo:grpo+gated was asked for).
+    assert res["ordering"].startswith("Published ordering GiGPO > GRPO > RLOO (final held-out")
+    assert "paired t-tests" not in res["ordering"]  # one seed: no t-test to report
+    assert res["ordering"] in table and set(res["paired"]) == {"gigpo:grpo+gated"}
     assert set(res["env_metric_tables"]) == {"eval/rooms_passed", "train/rooms_passed"}
     again = run_bench(
-        tmp_path / "b", methods=["gigpo", "grpo+gated"], seeds=[0], base=base, log=logs.append
+        tmp_path / "b",
+        methods=["gigpo", "grpo+gated", "grpo", "rloo"],
+        seeds=[0],
+        base=base,
+        compare=pair,
+        log=logs.append,
     )
-    assert again["table"] == res["table"] and len(logs) == 3  # SFT + 2 runs, nothing retrained
+    assert again["table"] == res["table"] and len(logs) == 5  # SFT + 4 runs, nothing retrained
+    assert again["paired"] == res["paired"]
+    # The CLI with the same settings from a --config file (its steps overridden by --steps):
+    # the cached runs match, so nothing is trained (the bench's own defaults, 4 steps, would
+    # not match and be refused).
+    cfg_file = tmp_path / "bench.json"
+    cfg_file.write_text(json.dumps({**base, "steps": 3}))
+    stamp = (tmp_path / "b" / "gigpo_seed0" / "report.json").stat().st_mtime_ns
+    argv = ["--out", str(tmp_path / "b"), "--methods", "gigpo,grpo+gated,grpo,rloo"]
+    argv += ["--seeds", "0"]
+    argv += ["--config", str(cfg_file), "--steps", "1", "--compare", "gigpo:grpo+gated"]
+    assert main(argv) == 0
+    assert (tmp_path / "b" / "gigpo_seed0" / "report.json").stat().st_mtime_ns == stamp
+    cli = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert cli["table"] == res["table"] and cli["paired"] == res["paired"]
+    cfg_file.write_text(json.dumps({**base, "nonsense": 1}))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['nonsense'\]: remove them"):
+        main(argv)
+    with pytest.raises(ValueError, match="--compare gigpo:ppo: ppo not among the methods run"):
+        run_bench(
+            tmp_path / "b", methods=["gigpo"], seeds=[0], base=base, compare=[("gigpo", "ppo")]
+        )
     # A cached run made with other settings is refused, not mixed into the table.
     with pytest.raises(ValueError, match=r"gigpo_seed0 was trained with other settings \(lr: "):
         run_bench(
