@@ -2,9 +2,9 @@
 
 A benchmark has a handful of seeds (2-10), so a normal interval (1.96 * std / sqrt(n)) is far too
 narrow: with 3 seeds the right factor is 4.30. Everything here uses Student's t with n-1 degrees
-of freedom; its CDF comes from the regularized incomplete beta function (Lentz's continued
-fraction, Numerical Recipes 6.4), its quantiles from bisection on that CDF, so any df works and
-the values match the printed tables (t_{0.975, 2} = 4.303, t_{0.975, 9} = 2.262).
+of freedom, from :mod:`agentgym.evaluation.stats` (the CDF via the regularized incomplete beta
+function, quantiles by bisection), so any df works and the values match the printed tables
+(t_{0.975, 2} = 4.303, t_{0.975, 9} = 2.262).
 
 * :func:`mean_ci` - mean, sample std and the 95% t interval of the mean over seeds;
 * :func:`paired` - per-seed differences of two methods (same seed = same SFT start, so the runs
@@ -20,6 +20,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from agentgym.evaluation.stats import _t_cdf, t_quantile
+
 __all__ = ["t_cdf", "t_quantile", "mean_ci", "sign_flip_p", "paired", "verdict"]
 
 #: Above this many seeds the sign-flip test samples assignments instead of enumerating 2^n.
@@ -27,61 +29,11 @@ EXACT_MAX_N = 16
 _SAMPLES = 1 << 16
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny = 1e-300
-
-    def nz(v: float) -> float:
-        return v if abs(v) > tiny else tiny
-
-    c, d = 1.0, 1.0 / nz(1.0 - (a + b) * x / (a + 1.0))
-    h = d
-    for m in range(1, 300):
-        even = m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m))
-        odd = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0))
-        for coef in (even, odd):
-            d = 1.0 / nz(1.0 + coef * d)
-            c = nz(1.0 + coef / c)
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta ``I_x(a, b)``."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    lbt = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x)
-    lbt += b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(lbt) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(lbt) * _betacf(b, a, 1.0 - x) / b
-
-
 def t_cdf(t: float, df: float) -> float:
     """``P(T <= t)`` for Student's t with ``df`` degrees of freedom."""
     if math.isinf(t):
         return 1.0 if t > 0 else 0.0
-    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t > 0 else tail
-
-
-def t_quantile(p: float, df: float) -> float:
-    """The ``p`` quantile of Student's t (bisection on :func:`t_cdf`, to 1e-10)."""
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"t_quantile p={p} must be in (0, 1)")
-    if p < 0.5:
-        return -t_quantile(1.0 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        hi *= 2.0
-    while hi - lo > 1e-10:
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
-    return 0.5 * (lo + hi)
+    return _t_cdf(t, df)
 
 
 def mean_ci(xs: Sequence[float], level: float = 0.95) -> dict[str, Any]:
