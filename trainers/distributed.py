@@ -194,6 +194,8 @@ class DistContext:
         seconds = self.all_reduce([r.get("seconds", 0.0)], op="max")[0]
         eps, turns_all = max(tot["episodes"], 1.0), tot["turns"]
         metrics = self.sum_union({k: v * n for k, v in (r.get("metrics") or {}).items()})
+        # rank blocks are consecutive seed ranges: concatenated in rank order they are seed order
+        outcomes = [o for part in self.all_gather_object(r.get("outcomes", [])) for o in part]
         return {
             "episodes": int(tot["episodes"]),
             "success_rate": tot["won"] / eps,
@@ -203,6 +205,7 @@ class DistContext:
             "seconds": seconds,
             "return": tot["return"] / eps,
             "metrics": {k: v / eps for k, v in metrics.items()},
+            "outcomes": outcomes,
         }
 
     # -- the model ----------------------------------------------------------------------------

@@ -19,7 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["train_metrics", "evaluate", "eval_record", "MetricsLogger", "plot_curve"]
+__all__ = [
+    "train_metrics",
+    "evaluate",
+    "eval_record",
+    "success_summary",
+    "MetricsLogger",
+    "plot_curve",
+]
 
 
 def train_metrics(
@@ -60,9 +67,17 @@ _OWN_METRICS = frozenset(
 
 
 def eval_record(ev: dict[str, Any]) -> dict[str, float]:
-    """The ``eval/*`` entries of a metrics record from ``evaluate``'s result."""
+    """The ``eval/*`` entries of a metrics record from ``evaluate``'s result: the success rate
+    with its 95% Wilson interval (``eval/success_lo``, ``eval/success_hi``) and the env's
+    metrics."""
+    from agentgym.evaluation.stats import rate
+
+    n = int(ev.get("episodes") or 0)
+    est = rate(round(ev["success_rate"] * n), n)
+    band = {"eval/success_lo": est.low, "eval/success_hi": est.high} if n else {}
     return {
         "eval/success": ev["success_rate"],
+        **band,
         **{f"eval/{_metric_name(k)}": v for k, v in (ev.get("metrics") or {}).items()},
     }
 
@@ -99,7 +114,43 @@ def evaluate(
     s["return"] = stats.mean_return
     n = max(len(trajs), 1)
     s["metrics"] = {k: v / n for k, v in episode_metric_sums(trajs).items()}
+    # 1/0 per episode in seed order: two evaluations of the same seeds pair up episode by episode
+    s["outcomes"] = [int(bool(t.won)) for t in sorted(trajs, key=lambda t: t.seed)]
     return s
+
+
+def success_summary(state: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
+    """The success figures of ``report.json``: each evaluation's rate with its 95% Wilson
+    interval, and the RL gain (final minus the SFT start, or minus the initial model without
+    SFT) with a 95% t interval over the paired episodes (both evaluations play the same seeds
+    greedily, so episode i of one is episode i of the other)."""
+    from agentgym.evaluation.stats import rate, t_interval
+
+    def ci(outcomes: Sequence[int] | None) -> list[float | None] | None:
+        if not outcomes:
+            return None
+        est = rate(sum(outcomes), len(outcomes))
+        return [est.low, est.high]
+
+    final_out = final.get("outcomes") or []
+    start_key = "sft" if state.get("success_sft") is not None else "initial"
+    start_out = state.get(f"outcomes_{start_key}") or []
+    out: dict[str, Any] = {
+        "success_initial_ci95": ci(state.get("outcomes_initial")),
+        "success_sft_ci95": ci(state.get("outcomes_sft")),
+        "success_final_ci95": ci(final_out),
+        "rl_gain": None,
+        "rl_gain_ci95": None,
+        "rl_gain_over": start_key,
+    }
+    start = state.get(f"success_{start_key}")
+    if start is not None:
+        out["rl_gain"] = final["success_rate"] - start
+    if start_out and len(start_out) == len(final_out) >= 2:
+        diffs = [b - a for a, b in zip(start_out, final_out)]
+        lo, hi = (diffs[0], diffs[0]) if len(set(diffs)) == 1 else t_interval(diffs)
+        out["rl_gain_ci95"] = [lo, hi]
+    return out
 
 
 class MetricsLogger:
@@ -147,22 +198,31 @@ class MetricsLogger:
 
 
 def plot_curve(history: Sequence[dict[str, Any]], path: Path, title: str) -> None:
-    """``curve.png``: held-out success and train success/return against the RL step."""
+    """``curve.png``: held-out success with its 95% band and the SFT start as a reference line,
+    and train success/return, against the RL step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     train = [r for r in history if "train/success" in r]
+    # step 0 is the start of RL: the evaluation after SFT (or of the initial model, without SFT)
     ev = [r for r in history if "eval/success" in r]
+    sft = next((r["eval/success"] for r in history if "sft/loss" in r), None)
     fig, ax = plt.subplots(figsize=(7, 4))
     if ev:
-        ax.plot(
-            [r["step"] for r in ev],
-            [r["eval/success"] for r in ev],
-            "o-",
-            label="held-out success (greedy)",
-        )
+        steps = [r["step"] for r in ev]
+        ax.plot(steps, [r["eval/success"] for r in ev], "o-", label="held-out success (greedy)")
+        if all("eval/success_lo" in r for r in ev):
+            ax.fill_between(
+                steps,
+                [r["eval/success_lo"] for r in ev],
+                [r["eval/success_hi"] for r in ev],
+                alpha=0.2,
+                label="95% interval (Wilson)",
+            )
+    if sft is not None:
+        ax.axhline(sft, color="gray", linestyle=":", label=f"after SFT ({sft:.2f})")
     if train:
         ax.plot(
             [r["step"] for r in train],

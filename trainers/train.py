@@ -293,6 +293,7 @@ def _model(run: _Run) -> tuple[Any, Any, dict[str, Any], dict[str, Any] | None]:
     policy0 = _make_policy(cfg, model, tok)
     ev0 = last_eval = run.evaluate(policy0)
     state["success_initial"] = ev0["success_rate"]
+    state["outcomes_initial"] = ev0.get("outcomes")
     state["eval_initial"] = _eval_record(ev0)
     state["success_sft"] = state["expert_success"] = None
     if cfg.sft_episodes > 0 and cfg.sft_epochs > 0:
@@ -370,6 +371,7 @@ def _sft(run: _Run, model: Any, tok: Any, policy0: Any, state: dict[str, Any]) -
     bar.close()
     ev_sft = run.evaluate(policy0)
     state["success_sft"] = ev_sft["success_rate"]
+    state["outcomes_sft"] = ev_sft.get("outcomes")
     state["expert_success"] = expert_won
     run.logger.log(
         {"step": 0, "sft/examples": len(examples), "sft/loss": losses[-1], **_eval_record(ev_sft)}
@@ -455,7 +457,7 @@ def _save(run: _Run, step: int, model: Any, learner: Any, tok: Any, state: dict[
 def _report(run: _Run, state: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
     """``report.json`` (rank 0 writes it and ``curve.png``); returned on every rank."""
     from agentgym.trainers.checkpoint import checkpoint_step
-    from agentgym.trainers.metrics import plot_curve
+    from agentgym.trainers.metrics import plot_curve, success_summary
     from agentgym.utils import atomic_write_json
 
     cfg = run.cfg
@@ -467,13 +469,15 @@ def _report(run: _Run, state: dict[str, Any], final: dict[str, Any]) -> dict[str
         "success_initial": state.get("success_initial"),
         "success_sft": state.get("success_sft"),
         "success_final": final["success_rate"],
+        # 95% intervals of the three, and the RL gain over the SFT start with its paired interval
+        **success_summary(state, final),
         "expert_success_train": state.get("expert_success"),
         "eval": {
             "split": "test" if cfg.split_kwarg else "(no split)",
             "episodes": cfg.eval_episodes,
             "seeds": [run.eval_seed, run.eval_seed + cfg.eval_episodes - 1],
             "greedy": True,
-            **{k: v for k, v in final.items() if k != "success_rate"},
+            **{k: v for k, v in final.items() if k not in ("success_rate", "outcomes")},
         },
         "estimator": {
             "algo": cfg.algo,

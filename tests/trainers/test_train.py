@@ -284,6 +284,16 @@ def test_agentgym_train_cli_end_to_end(tmp_path):
     assert report["algo"] == "grpo" and report["steps"] == 2
     for key in ("success_initial", "success_sft", "success_final", "wall_time_s", "seed"):
         assert key in report
+    # each success rate has its 95% Wilson interval; the RL gain is over the SFT start, with an
+    # interval over the paired evaluation episodes
+    for key in ("initial", "sft", "final"):
+        lo, hi = report[f"success_{key}_ci95"]
+        assert 0.0 <= lo <= report[f"success_{key}"] <= hi <= 1.0
+    assert report["rl_gain_over"] == "sft"
+    assert report["rl_gain"] == pytest.approx(report["success_final"] - report["success_sft"])
+    lo, hi = report["rl_gain_ci95"]
+    assert -1.0 <= lo <= report["rl_gain"] <= hi <= 1.0
+    assert "outcomes" not in report["eval"]
     for name in (
         "metrics.jsonl",
         "report.json",
@@ -301,6 +311,9 @@ def test_agentgym_train_cli_end_to_end(tmp_path):
     recs = _records(out)
     assert [r["step"] for r in recs if "train/success" in r] == [1, 2]
     assert any("eval/success" in r and r["step"] == 1 for r in recs)
+    for r in recs:  # every evaluation carries its band (curve.png draws it)
+        if "eval/success" in r:
+            assert r["eval/success_lo"] <= r["eval/success"] <= r["eval/success_hi"], r
     # The env's per-episode metrics are logged as rates next to success (every won episode
     # passed all rooms, so the rate is at least the success rate).
     for r in recs:
@@ -469,3 +482,28 @@ def test_bench_algos_writes_table_plot_and_results(tmp_path, tiny_model):
         run_bench(
             tmp_path / "b", methods=["gigpo"], seeds=[0], base={**base, "lr": 1.0}, log=logs.append
         )
+
+
+def test_success_summary_pairs_the_evaluation_episodes():
+    """The RL gain's interval is over per-episode differences of the same seeds."""
+    from agentgym.trainers.metrics import success_summary
+
+    state = {
+        "success_initial": 0.0,
+        "outcomes_initial": [0] * 8,
+        "success_sft": 0.25,
+        "outcomes_sft": [1, 1, 0, 0, 0, 0, 0, 0],
+    }
+    final = {"success_rate": 0.75, "outcomes": [1, 1, 1, 1, 1, 1, 0, 0]}
+    s = success_summary(state, final)
+    assert s["rl_gain"] == pytest.approx(0.5) and s["rl_gain_over"] == "sft"
+    # diffs [0,0,1,1,1,1,0,0]: mean 0.5, sd 0.5345, t(0.975, 7) = 2.3646 -> half-width 0.4469
+    lo, hi = s["rl_gain_ci95"]
+    assert lo == pytest.approx(0.5 - 0.4469, abs=1e-3) and hi == pytest.approx(
+        0.5 + 0.4469, abs=1e-3
+    )
+    assert s["success_initial_ci95"][0] == 0.0 and 0.0 < s["success_initial_ci95"][1] < 0.5
+    # no SFT: the gain is over the initial model
+    s = success_summary({"success_initial": 0.0, "outcomes_initial": [0] * 8}, final)
+    assert s["rl_gain_over"] == "initial" and s["rl_gain"] == pytest.approx(0.75)
+    assert s["success_sft_ci95"] is None
