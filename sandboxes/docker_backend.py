@@ -12,7 +12,8 @@ Every container is started with the hardened settings of :class:`SandboxConfig`:
 * labels ``agentgym.sandbox=1``, ``agentgym.owner_pid``, ``agentgym.owner_host`` and
   ``agentgym.run_id``: :func:`gc` removes what a crashed process left behind.
 
-Every command runs under a root wrapper inside the container (:data:`_EXEC_WRAPPER`):
+Every command runs under a root wrapper inside the container
+(:data:`~.docker_hardening.EXEC_WRAPPER`):
 ``timeout -s KILL`` starts ``setpriv``, which drops to the sandbox user and runs the command;
 afterwards the wrapper kills every process of the sandbox user, whatever the command did (a
 ``setsid`` daemon, one that killed its parent, a fork bomb). A host-side watchdog does the same
@@ -27,23 +28,22 @@ while Docker's ``OOMKilled`` stays False (that flag is about the container's ini
 
 Files are moved with ``exec`` + stdin/stdout streams rather than Docker's archive API, because
 the archive API reads and writes the layer *under* a tmpfs mount, not the tmpfs itself.
+
+The parts live in modules of their own: :mod:`.docker_engine` (the client, labels, :func:`gc`),
+:mod:`.docker_hardening` (the container settings and the root wrapper), :mod:`.docker_streams`
+(output collection) and :mod:`.docker_files` (file scripts, tar streams); this module holds the
+sandbox itself and re-exports the public names of the others.
 """
 
 from __future__ import annotations
 
 import atexit
-import collections
 import contextlib
-import io
 import logging
-import os
 import posixpath
 import socket
-import struct
-import tarfile
 import threading
 import time
-import uuid
 import weakref
 from typing import Any
 
@@ -55,6 +55,25 @@ from agentgym.sandboxes.base import (
     SandboxError,
     parse_memory,
 )
+from agentgym.sandboxes.docker_engine import (
+    LABEL,
+    RUN_ID,
+    docker_available,
+    docker_client,
+    gc,
+    list_sandboxes,
+    owner_labels,
+)
+from agentgym.sandboxes.docker_files import (
+    READ_SCRIPT,
+    RESET_SCRIPT,
+    TREE_TIMEOUT_S,
+    WRITE_SCRIPT,
+    extract_tar,
+    host_tar,
+)
+from agentgym.sandboxes.docker_hardening import EXEC_WRAPPER, REAP_ONLY, container_options
+from agentgym.sandboxes.docker_streams import Bytes, Capped, read_frames
 from agentgym.sandboxes.images import SEED_DIR
 from agentgym.signals import on_interrupt
 
@@ -72,148 +91,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-LABEL = "agentgym.sandbox"
-#: Identifies this process's sandboxes across its lifetime (``agentgym.run_id`` label).
-RUN_ID = os.environ.get("AGENTGYM_RUN_ID") or uuid.uuid4().hex[:12]
-_HOST = socket.gethostname()
-#: The container's own process (``sleep infinity``, which keeps it alive) and the exec wrappers
-#: run as root, holding only CAP_KILL, CAP_SETUID and CAP_SETGID: Docker hands an exec the
-#: capabilities of the container's process, so a non-root container user would leave the
-#: wrappers without the two they need to drop to the sandbox user and kill what it left. The
-#: sandbox user (uid 1000, no capabilities) can neither signal nor trace a root process.
-_CONTAINER_USER = "0:0"
-
-_client_lock = threading.Lock()
-_client: Any = None
-
-
-def docker_client() -> Any:
-    """A shared ``docker.DockerClient``; raises :class:`SandboxError` saying how to start one."""
-    global _client
-    with _client_lock:
-        if _client is None:
-            try:
-                import docker
-            except ImportError as e:
-                raise ImportError(
-                    "the Docker sandboxes need the docker SDK: pip install 'agentgym[swe]'"
-                ) from e
-            try:
-                # Long commands stream no output for a while; the container enforces the
-                # per-command timeout, so the HTTP read timeout only has to be generous.
-                c = docker.from_env(timeout=3600)
-                c.ping()
-            except Exception as e:
-                raise SandboxError(
-                    f"no Docker engine reachable ({e}); start one with "
-                    "`sudo bash scripts/setup_docker.sh` or set DOCKER_HOST"
-                ) from e
-            _client = c
-        return _client
-
-
-def docker_available() -> bool:
-    try:
-        docker_client()
-        return True
-    except (SandboxError, ImportError):
-        return False
-
-
-def owner_labels() -> dict[str, str]:
-    """The labels that tie a container to this process (used by :func:`gc`)."""
-    return {
-        LABEL: "1",
-        f"{LABEL}.owner_pid": str(os.getpid()),
-        f"{LABEL}.owner_host": _HOST,
-        f"{LABEL}.run_id": RUN_ID,
-        f"{LABEL}.created": str(int(time.time())),
-    }
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def list_sandboxes() -> list[Any]:
-    """Every container (running or not) labelled ``agentgym.sandbox=1``."""
-    return docker_client().containers.list(all=True, filters={"label": f"{LABEL}=1"})
-
-
-def gc(*, all: bool = False, run_id: str | None = None) -> list[str]:
-    """Remove labelled containers whose owner process is gone; return their names.
-
-    ``all=True`` removes every labelled container, ``run_id`` only those of one run. A
-    container owned by a live process on this host is kept (it is in use); one from another
-    host is removed only with ``all`` or ``run_id``.
-    """
-    import docker.errors
-
-    removed = []
-    for c in list_sandboxes():
-        lab = c.labels or {}
-        if run_id is not None:
-            dead = lab.get(f"{LABEL}.run_id") == run_id
-        elif all:
-            dead = True
-        else:
-            pid = lab.get(f"{LABEL}.owner_pid", "")
-            same_host = lab.get(f"{LABEL}.owner_host") == _HOST
-            dead = same_host and (not pid.isdigit() or not _pid_alive(int(pid)))
-        if dead:
-            try:
-                c.remove(force=True)
-                removed.append(c.name)
-            except docker.errors.NotFound:
-                pass
-    return removed
-
-
-class _Capped:
-    """Keeps the first and last ``limit / 2`` bytes of a stream."""
-
-    def __init__(self, limit: int) -> None:
-        self.half = max(1, limit // 2)
-        self.head = bytearray()
-        self.tail: collections.deque[bytes] = collections.deque()
-        self.tail_len = 0
-        self.total = 0
-
-    def add(self, b: bytes) -> None:
-        self.total += len(b)
-        room = self.half - len(self.head)
-        if room > 0:
-            self.head += b[:room]
-            b = b[room:]
-        if b:
-            self.tail.append(b)
-            self.tail_len += len(b)
-            while self.tail and self.tail_len - len(self.tail[0]) >= self.half:
-                self.tail_len -= len(self.tail.popleft())
-
-    @property
-    def truncated(self) -> bool:
-        return self.total > len(self.head) + self.tail_len or self.tail_len > self.half
-
-    def text(self) -> str:
-        tail = b"".join(self.tail)
-        if len(tail) > self.half:
-            tail = tail[-self.half :]
-        cut = self.total - len(self.head) - len(tail)
-        if cut <= 0:
-            return (bytes(self.head) + tail).decode(errors="replace")
-        return (
-            bytes(self.head).decode(errors="replace")
-            + f"\n[... {cut} bytes truncated ...]\n"
-            + tail.decode(errors="replace")
-        )
-
+#: Seconds an exec's output may stay open past its timeout before the sandbox is declared
+#: broken (the wrapper kills at the timeout and the host watchdog 3 s later).
+_STUCK_GRACE_S = 60.0
+_OOM_FILES = ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events")
 
 _live: weakref.WeakSet[DockerSandbox] = weakref.WeakSet()
 #: Set by an interrupt (SIGINT/SIGTERM inside ``agentgym.signals.terminate_as_interrupt``):
@@ -240,175 +121,6 @@ def close_all() -> None:
     for sb in list(_live):
         with contextlib.suppress(Exception):
             sb.close()
-
-
-#: Kills every process of uid ``$U`` (the sandbox user), whatever it did: a daemon that left the
-#: exec's process group, one that killed its parent, a fork bomb. It runs as root inside the
-#: container (which holds CAP_KILL for exactly this) in the exec's wrapper, a process the
-#: sandbox user can neither signal nor ptrace. It uses shell builtins only, so it needs no free
-#: pid when a fork bomb holds them all: it walks ``/proc`` and reads each ``status`` (zombies are
-#: skipped, the container's init reaps them), and repeats until a round finds nothing, because
-#: a fork bomb keeps forking while it is being killed. Root's own processes are skipped unread
-#: (the container's init, its ``sleep`` as ``$M``, this shell), so with nothing left behind a
-#: reap costs one directory listing. A process whose ``/proc`` entry root does not own belongs to
-#: the sandbox user (every process here is root's or the user's) and is killed without reading
-#: its status: one ``stat`` each, so a round outpaces a fork bomb. Only entries owned by root are
-#: read, which covers a user process that made itself non-dumpable (its entry then shows root).
-_REAP = """reap() {
-  n=0
-  while [ $n -lt 300 ]; do
-    n=$((n + 1)); found=
-    for d in /proc/[0-9]*; do
-      case ${d#/proc/} in 1 | "$$" | "$M") continue ;; esac
-      if [ ! -O "$d" ]; then
-        kill -9 "${d#/proc/}" 2>/dev/null && found=1
-        continue
-      fi
-      s=; u=
-      { while read -r k v rest; do
-          case $k in State:) s=$v ;; Uid:) u=$v; break ;; esac
-        done < "$d/status"; } 2>/dev/null
-      if [ "$u" = "$U" ] && [ "$s" != Z ]; then kill -9 "${d#/proc/}" 2>/dev/null; found=1; fi
-    done
-    [ -z "$found" ] && return 0
-  done
-  return 1
-}
-"""
-
-#: The wrapper of every command (``exec``, file reads and writes, reset), run as root:
-#: ``timeout -s KILL`` (root, so the command cannot kill it) starts ``setpriv``, which drops to
-#: the sandbox user (every capability gone: the uid change clears them, and no-new-privileges
-#: keeps setuid binaries from bringing them back) and executes the command. When the command
-#: returns, or the timeout kills its process group, :data:`_REAP` kills whatever it left behind,
-#: then the wrapper exits with the command's status. Arguments: seconds, uid, gid, the pid of
-#: the container's ``sleep`` (or ``-``), argv...
-#: Nothing of the caller's environment reaches this root shell (a ``PATH`` or ``LD_PRELOAD``
-#: chosen by the command's author would run as root): per-exec variables are set by
-#: ``/usr/bin/env`` after the drop, and every program is named by its absolute path.
-_EXEC_WRAPPER = (
-    _REAP
-    + """t=$1; U=$2; G=$3; M=$4; shift 4
-/usr/bin/timeout -s KILL "$t" /usr/bin/setpriv --reuid="$U" --regid="$G" --clear-groups \
-  --inh-caps=-all -- "$@"
-rc=$?
-reap
-exit $rc
-"""
-)
-#: Kill the sandbox user's processes and nothing else (host watchdog, reset).
-_REAP_ONLY = _REAP + "U=$1; reap; exit $?\n"
-
-
-#: Seconds an exec's output may stay open past its timeout before the sandbox is declared
-#: broken (the wrapper kills at the timeout and the host watchdog 3 s later).
-_STUCK_GRACE_S = 60.0
-#: Timeout of whole-tree operations (snapshot, reset, copy_in/copy_out).
-_TREE_TIMEOUT_S = 120.0
-_OOM_FILES = ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events")
-
-#: ``read_file``: only a regular file is read (a FIFO would block, ``/dev/zero`` never ends), and
-#: only up to the cap (``head`` stops there even if the file grows). Exit codes name the error.
-_READ_SCRIPT = """p=$1; m=$2
-if [ ! -e "$p" ]; then
-  if [ -L "$p" ]; then echo "broken symbolic link" >&2; else echo "no such file" >&2; fi
-  exit 2
-fi
-[ -d "$p" ] && exit 21
-[ -f "$p" ] || exit 22
-n=$(/usr/bin/stat -L -c %s -- "$p") || exit 1
-[ "$n" -le "$m" ] || { echo "$n" >&2; exit 27; }
-exec /usr/bin/head -c "$((m + 1))" -- "$p"
-"""
-#: ``write_file``: refuses to write into a FIFO or device (opening a FIFO blocks).
-_WRITE_SCRIPT = """p=$1
-if [ -d "$p" ]; then echo "it is a directory" >&2; exit 21; fi
-if [ -e "$p" ] && [ ! -f "$p" ]; then
-  echo "it is not a regular file (a FIFO, socket or device)" >&2; exit 22
-fi
-d=${p%/*}
-[ -d "${d:-/}" ] || mkdir -p -- "$d" || exit 1
-cat > "$p" && chmod "$2" -- "$p"
-"""
-#: ``reset``, run as the sandbox user between the wrapper's two reaps (so no process is left to
-#: write behind it): empty the workspace, ``/tmp``, ``/dev/shm`` (POSIX shared memory and
-#: semaphores) and ``/dev/mqueue`` (POSIX message queues), remove System V IPC objects (``ipcrm``
-#: runs only when ``/proc/sysvipc`` lists one: a fork saved on every reset), then
-#: restore the workspace from the snapshot on stdin or from the image's read-only seed. A
-#: directory made unwritable (``chmod 0``) is opened up and the wipe retried.
-_RESET_SCRIPT = """ws=$1; how=$2; seed=$3
-set -- "$ws" /tmp
-for d in /dev/shm /dev/mqueue; do [ -d "$d" ] && set -- "$@" "$d"; done
-find "$@" -mindepth 1 -delete 2>/dev/null || {
-  chmod -R u+rwx "$@" 2>/dev/null
-  find "$@" -mindepth 1 -delete
-} || { echo "could not empty $*" >&2; exit 3; }
-ipc=
-for f in /proc/sysvipc/shm /proc/sysvipc/msg /proc/sysvipc/sem; do
-  { read -r h; read -r l; } < "$f" 2>/dev/null && [ -n "$l" ] && ipc=1
-done
-[ -n "$ipc" ] && [ -x /usr/bin/ipcrm ] && /usr/bin/ipcrm --all 2>/dev/null
-case $how in
-  seed) cp -a "$seed/." "$ws/" ;;
-  tar) tar --no-same-owner -x -f - -C "$ws" ;;
-esac
-"""
-
-
-class _Bytes:
-    """Collects a stream up to ``limit`` bytes (chunks joined once: linear time); counts the rest."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.chunks: list[bytes] = []
-        self.kept = 0
-        self.total = 0
-
-    def add(self, b: bytes) -> None:
-        self.total += len(b)
-        room = self.limit - self.kept
-        if room > 0:
-            b = b[:room]
-            self.chunks.append(b)
-            self.kept += len(b)
-
-    @property
-    def overflow(self) -> bool:
-        return self.total > self.kept
-
-    def value(self) -> bytes:
-        return b"".join(self.chunks)
-
-
-def _read_frames(sock: Any, on_out: Any, on_err: Any, deadline: float) -> bool:
-    """Read Docker's multiplexed stream (8-byte frame headers) from ``sock`` until EOF; return
-    False when ``deadline`` (``time.monotonic``) passed first."""
-    buf = bytearray()
-    need = 8
-    header: tuple[int, int] | None = None
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        sock.settimeout(min(left, 3600.0))
-        try:
-            b = sock.recv(1 << 20)
-        except TimeoutError:
-            return False
-        if not b:
-            return True
-        buf += b
-        while len(buf) >= need:
-            if header is None:
-                header = (buf[0], struct.unpack(">I", bytes(buf[4:8]))[0])
-                del buf[:8]
-                need = header[1]
-                if need:
-                    continue
-            chunk = bytes(buf[:need])
-            del buf[:need]
-            (on_err if header[0] == 2 else on_out)(chunk)
-            header, need = None, 8
 
 
 class DockerSandbox(Sandbox):
@@ -447,47 +159,14 @@ class DockerSandbox(Sandbox):
             raise SandboxError("this process was interrupted; it starts no new sandbox")
         if self.container is not None:
             return self
-        import docker.types
-
-        cfg = self.config
         if self.image is None:
             from agentgym.sandboxes.images import ensure_base_image
 
             self.image = ensure_base_image()
-        mem = parse_memory(cfg.memory)
-        uid, _, gid = cfg.user.partition(":")
-        gid = gid or uid
-        tmpfs = {
-            self.workdir: f"rw,exec,size={parse_memory(cfg.workspace_size)},"
-            f"uid={uid},gid={gid},mode=0755",
-            "/tmp": f"rw,exec,nosuid,size={parse_memory(cfg.tmp_size)},mode=1777",
-        }
+        options = container_options(self.config, self.workdir)
         try:
             self.container = self.client.containers.run(
-                self.image,
-                command=["sleep", "infinity"],
-                detach=True,
-                init=True,
-                user=_CONTAINER_USER,
-                hostname="sandbox",
-                network_mode=cfg.network,
-                mem_limit=mem,
-                memswap_limit=mem,
-                pids_limit=cfg.pids_limit,
-                nano_cpus=int(cfg.cpus * 1e9),
-                cap_drop=["ALL"],
-                # Only for the root exec wrapper: setpriv drops to the sandbox user (SETUID,
-                # SETGID) and the reaper kills what the command left (KILL). The uid change
-                # clears every capability of the command; no-new-privileges keeps them out.
-                cap_add=["KILL", "SETUID", "SETGID"],
-                security_opt=["no-new-privileges"],
-                shm_size=parse_memory(cfg.shm_size),
-                read_only=True,
-                tmpfs=tmpfs,
-                working_dir=self.workdir,
-                environment={"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", **cfg.env},
-                ulimits=[docker.types.Ulimit(name="nofile", soft=1024, hard=1024)],
-                labels={**owner_labels(), **cfg.labels},
+                self.image, command=["sleep", "infinity"], **options
             )
         except Exception as e:
             raise SandboxError(f"could not start a sandbox from image {self.image!r}: {e}") from e
@@ -556,7 +235,7 @@ class DockerSandbox(Sandbox):
 
     def _oom_grew(self) -> bool | None:
         """Whether the container's oom_kill counter grew since the last look (None: unknown)."""
-        out = _Bytes(65536)
+        out = Bytes(65536)
         self._run(
             self._wrap(["/bin/cat", *_OOM_FILES], 10.0),
             on_out=out.add,
@@ -577,7 +256,8 @@ class DockerSandbox(Sandbox):
     def _wrap(
         self, argv: list[str], timeout: float, env: dict[str, str] | None = None
     ) -> list[str]:
-        """``argv`` under :data:`_EXEC_WRAPPER`, with per-exec variables set after the drop."""
+        """``argv`` under :data:`~.docker_hardening.EXEC_WRAPPER`, with per-exec variables set
+        after the drop."""
         if env:
             bad = [k for k in env if not k or "=" in k or "\0" in k]
             if bad:
@@ -587,7 +267,7 @@ class DockerSandbox(Sandbox):
         # timeout(1) reads "0" as "no timeout": never send less than a millisecond.
         secs = f"{max(timeout, 0.001):.3f}"
         keep = self._keep_pid or "-"
-        return ["/bin/sh", "-c", _EXEC_WRAPPER, "agentgym-exec", secs, uid, gid, keep, *argv]
+        return ["/bin/sh", "-c", EXEC_WRAPPER, "agentgym-exec", secs, uid, gid, keep, *argv]
 
     def _run(
         self,
@@ -599,9 +279,9 @@ class DockerSandbox(Sandbox):
         stdin: bytes | None = None,
         workdir: str | None = None,
     ) -> int | None:
-        """Run ``argv`` as root (always one of the wrappers above) and stream its output into
-        ``on_out`` / ``on_err``; return its exit status, or None when the output was still open
-        at ``deadline`` (``time.monotonic``)."""
+        """Run ``argv`` as root (always one of the wrappers of :mod:`.docker_hardening`) and
+        stream its output into ``on_out`` / ``on_err``; return its exit status, or None when the
+        output was still open at ``deadline`` (``time.monotonic``)."""
         c = self._require()
         api = self.client.api
         try:
@@ -619,7 +299,7 @@ class DockerSandbox(Sandbox):
                         raw.sendall(stdin)
                     with contextlib.suppress(OSError):
                         raw.shutdown(socket.SHUT_WR)
-                if not _read_frames(raw, on_out, on_err, deadline):
+                if not read_frames(raw, on_out, on_err, deadline):
                     return None
             finally:
                 sock.close()
@@ -643,7 +323,7 @@ class DockerSandbox(Sandbox):
                 [
                     "/bin/sh",
                     "-c",
-                    _REAP_ONLY,
+                    REAP_ONLY,
                     "agentgym-reap",
                     self._ids()[0],
                     self._keep_pid or "-",
@@ -669,7 +349,7 @@ class DockerSandbox(Sandbox):
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         argv = ["bash", "-c", command] if isinstance(command, str) else list(command)
         full = self._wrap(argv, t, env)
-        out, err = _Capped(self.config.max_output), _Capped(self.config.max_output)
+        out, err = Capped(self.config.max_output), Capped(self.config.max_output)
         watchdog_fired = threading.Event()
 
         def watchdog() -> None:
@@ -726,10 +406,10 @@ class DockerSandbox(Sandbox):
         timeout: float,
         max_out: int,
         stdin: bytes | None = None,
-    ) -> tuple[int, _Bytes, str]:
+    ) -> tuple[int, Bytes, str]:
         """Run a file operation as the sandbox user; raise :class:`TimeoutError` when it
         outlives ``timeout`` (a FIFO, a device, a huge tree)."""
-        out, err = _Bytes(max_out), _Bytes(65536)
+        out, err = Bytes(max_out), Bytes(65536)
         t0 = time.monotonic()
         code = self._run(
             self._wrap(argv, timeout),
@@ -768,7 +448,7 @@ class DockerSandbox(Sandbox):
                 "of a sandbox file write"
             )
         code, _, msg = self._file_op(
-            ["/bin/sh", "-c", _WRITE_SCRIPT, "sh", p, f"{mode:o}"],
+            ["/bin/sh", "-c", WRITE_SCRIPT, "sh", p, f"{mode:o}"],
             what=f"writing {p}",
             timeout=timeout or self.config.file_timeout,
             max_out=65536,
@@ -790,7 +470,7 @@ class DockerSandbox(Sandbox):
         p = self._abs(path)
         cap = self.config.max_file_bytes if max_bytes is None else max_bytes
         code, out, msg = self._file_op(
-            ["/bin/sh", "-c", _READ_SCRIPT, "sh", p, str(cap)],
+            ["/bin/sh", "-c", READ_SCRIPT, "sh", p, str(cap)],
             what=f"reading {p}",
             timeout=timeout or self.config.file_timeout,
             max_out=cap + 1,
@@ -811,25 +491,14 @@ class DockerSandbox(Sandbox):
         return out.value()
 
     def copy_in(self, src: str, dest: str) -> None:
-        d = self._abs(dest)
-        if not os.path.isfile(src) and not os.path.isdir(src):
-            raise FileNotFoundError(f"copy_in: {src} is neither a file nor a folder on the host")
-        # Both go in as a tar: host files are trusted, so write_file's size cap does not apply.
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tf:
-            if os.path.isfile(src):
-                tf.add(src, arcname=posixpath.basename(d))
-                d = posixpath.dirname(d) or "/"
-            else:
-                tf.add(src, arcname=".")
-        self._untar(d, buf.getvalue())
+        self._untar(*host_tar(src, self._abs(dest)))
 
     def _untar(self, dest: str, data: bytes) -> None:
         script = 'mkdir -p "$1" && tar --no-same-owner -x -f - -C "$1"'
         code, _, msg = self._file_op(
             ["/bin/sh", "-c", script, "sh", dest],
             what=f"extracting into {dest}",
-            timeout=_TREE_TIMEOUT_S,
+            timeout=TREE_TIMEOUT_S,
             max_out=65536,
             stdin=data,
         )
@@ -842,7 +511,7 @@ class DockerSandbox(Sandbox):
         code, out, msg = self._file_op(
             ["tar", "-C", parent or "/", "-c", "-f", "-", name],
             what=f"archiving {src}",
-            timeout=_TREE_TIMEOUT_S,
+            timeout=TREE_TIMEOUT_S,
             max_out=cap,
         )
         if code != 0:
@@ -854,13 +523,7 @@ class DockerSandbox(Sandbox):
         return out.value()
 
     def copy_out(self, src: str, dest: str) -> None:
-        data = self._tar(self._abs(src))
-        os.makedirs(dest, exist_ok=True)
-        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
-            if hasattr(tarfile, "data_filter"):
-                tf.extractall(dest, filter="data")
-            else:  # pragma: no cover - Python < 3.12 without the filter backport
-                tf.extractall(dest)
+        extract_tar(self._tar(self._abs(src)), dest)
 
     # -- snapshot / reset ------------------------------------------------------------------
 
@@ -885,9 +548,9 @@ class DockerSandbox(Sandbox):
             how = "seed" if self._has_seed else "none"
         try:
             code, _, msg = self._file_op(
-                ["/bin/sh", "-c", _RESET_SCRIPT, "sh", self.workdir, how, SEED_DIR],
+                ["/bin/sh", "-c", RESET_SCRIPT, "sh", self.workdir, how, SEED_DIR],
                 what="reset",
-                timeout=_TREE_TIMEOUT_S,
+                timeout=TREE_TIMEOUT_S,
                 max_out=65536,
                 stdin=self._snapshot if how == "tar" else None,
             )

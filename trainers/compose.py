@@ -88,9 +88,46 @@ def validate_combination(
         gate_channels: the channels ``gated`` / ``direct`` combine.
         env_has_anchors: whether the env fills ``Observation.anchor`` (None: unknown).
     """
+    transforms, terms = tuple(transforms), tuple(terms)
+    _check_names(algo, transforms, terms)
+    if algo in GROUP_ESTIMATORS and group_size < 2:
+        raise CombinationError(
+            f"{algo} normalises within an episode group, so it needs group_size >= 2 (got "
+            f"{group_size}): every advantage would be 0; use --group-size 4 or more"
+        )
+    if group_size < 1:
+        raise CombinationError(f"group_size={group_size} must be >= 1")
+    needs_value, needs_progress, needs_ref = _check_available(
+        algo, terms, has_value_head, has_progress_estimator, has_reference
+    )
+    if algo == "spa" and transforms:
+        raise CombinationError(
+            f"spa builds its per-turn rewards from progress c_t and grounding g_t and ignores "
+            f"batch.rewards, so the transform(s) {list(transforms)} would have no effect: drop "
+            f"them, or use them with grpo, rloo, gigpo or ppo"
+        )
+    if any(t in ("gated", "direct") for t in transforms):
+        _check_gates(transforms, gate_channels, channels)
+    if algo == "gigpo" and env_has_anchors is False:
+        warnings.warn(
+            "gigpo: the env publishes no anchors, so there are no step groups and gigpo equals "
+            "grpo",
+            stacklevel=2,
+        )
+    return Composition(
+        algo=algo,
+        transforms=transforms,
+        terms=terms,
+        needs_value_head=needs_value,
+        needs_progress=needs_progress,
+        needs_reference=needs_ref,
+    )
+
+
+def _check_names(algo: str, transforms: tuple[str, ...], terms: tuple[str, ...]) -> None:
+    """Every name is registered, none repeats, and no two exclude each other."""
     from agentgym.trainers.credit import ESTIMATORS, TRANSFORMS
 
-    transforms, terms = tuple(transforms), tuple(terms)
     if algo not in ESTIMATORS:
         raise CombinationError(
             f"unknown estimator {algo!r}: use one of {', '.join(sorted(ESTIMATORS))}"
@@ -115,13 +152,17 @@ def validate_combination(
             "'entropy' and 'epo' both add an entropy bonus (EPO's is trajectory-level): use "
             "'epo' alone, or 'entropy' without EPO"
         )
-    if algo in GROUP_ESTIMATORS and group_size < 2:
-        raise CombinationError(
-            f"{algo} normalises within an episode group, so it needs group_size >= 2 (got "
-            f"{group_size}): every advantage would be 0; use --group-size 4 or more"
-        )
-    if group_size < 1:
-        raise CombinationError(f"group_size={group_size} must be >= 1")
+
+
+def _check_available(
+    algo: str,
+    terms: tuple[str, ...],
+    has_value_head: bool | None,
+    has_progress_estimator: bool | None,
+    has_reference: bool | None,
+) -> tuple[bool, bool, bool]:
+    """``(needs_value_head, needs_progress, needs_reference)``; raises when a needed model is
+    declared unavailable (``False``; ``None`` means "built as needed")."""
     needs_value = algo == "ppo"
     if needs_value and has_value_head is False:
         raise CombinationError(
@@ -141,42 +182,28 @@ def validate_combination(
             "the 'kl' term penalises divergence from a reference model, but none is available: "
             "keep the SFT model as reference or drop 'kl'"
         )
-    if algo == "spa" and transforms:
+    return needs_value, needs_progress, needs_ref
+
+
+def _check_gates(
+    transforms: tuple[str, ...], gate_channels: Sequence[str], channels: Collection[str] | None
+) -> None:
+    """``gated`` / ``direct`` have channels to combine, and the env reports every one of them."""
+    if not gate_channels:
+        raise CombinationError("'gated'/'direct' need at least one gate channel")
+    if "gated" in transforms and len(gate_channels) < 2:
         raise CombinationError(
-            f"spa builds its per-turn rewards from progress c_t and grounding g_t and ignores "
-            f"batch.rewards, so the transform(s) {list(transforms)} would have no effect: drop "
-            f"them, or use them with grpo, rloo, gigpo or ppo"
+            f"'gated' with the single channel {list(gate_channels)} gates nothing (a channel "
+            "counts only if the channels BEFORE it pass): give a gate and a gated channel, "
+            "e.g. the channels ('won', 'reward')"
         )
-    if any(t in ("gated", "direct") for t in transforms):
-        if not gate_channels:
-            raise CombinationError("'gated'/'direct' need at least one gate channel")
-        if "gated" in transforms and len(gate_channels) < 2:
+    if channels is not None:
+        have = set(channels) | set(BUILTIN_CHANNELS)
+        missing = [c for c in gate_channels if c not in have]
+        if missing:
             raise CombinationError(
-                f"'gated' with the single channel {list(gate_channels)} gates nothing (a channel "
-                "counts only if the channels BEFORE it pass): give a gate and a gated channel, "
-                "e.g. the channels ('won', 'reward')"
+                f"transform 'gated'/'direct' combines channels {list(gate_channels)}, but "
+                f"{missing} never appear in the env's trajectories (available: "
+                f"{sorted(have)}); the env must report them in "
+                f"turn.info['reward_channels'], or set --gate-channels to existing ones"
             )
-        if channels is not None:
-            have = set(channels) | set(BUILTIN_CHANNELS)
-            missing = [c for c in gate_channels if c not in have]
-            if missing:
-                raise CombinationError(
-                    f"transform 'gated'/'direct' combines channels {list(gate_channels)}, but "
-                    f"{missing} never appear in the env's trajectories (available: "
-                    f"{sorted(have)}); the env must report them in "
-                    f"turn.info['reward_channels'], or set --gate-channels to existing ones"
-                )
-    if algo == "gigpo" and env_has_anchors is False:
-        warnings.warn(
-            "gigpo: the env publishes no anchors, so there are no step groups and gigpo equals "
-            "grpo",
-            stacklevel=2,
-        )
-    return Composition(
-        algo=algo,
-        transforms=transforms,
-        terms=terms,
-        needs_value_head=needs_value,
-        needs_progress=needs_progress,
-        needs_reference=needs_ref,
-    )

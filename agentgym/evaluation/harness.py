@@ -22,6 +22,10 @@ single episode loop of the project. The harness adds three things around it with
 * **Retries.** :class:`RetryingPolicy` retries a policy call that failed with a transient error
   (connection refused, timeouts, HTTP 429/5xx) with exponential backoff; if the policy stays down,
   the run stops cleanly and can be resumed.
+
+The retries live in :mod:`.retry`, the episode records (``episodes.jsonl`` written and read back)
+in :mod:`.episodes`, the timeouts in :mod:`.timed_pool`; this module holds the run and its
+summary, and re-exports the names of the others.
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import random
 import sys
 import time
 import uuid
@@ -39,9 +42,11 @@ from pathlib import Path
 from typing import Any
 
 import agentgym.evaluation.stats as stats
+from agentgym.evaluation.episodes import EPISODES_FILE, EpisodeSink, load_episodes, task_type_of
+from agentgym.evaluation.retry import RetryingPolicy, is_transient
 from agentgym.evaluation.timed_pool import TimedPool
-from agentgym.policies import Policy, PolicyOutput, TurnContext
-from agentgym.trajectory import Trajectory, TrajectoryWriter, episode_metrics, iter_records
+from agentgym.policies import Policy
+from agentgym.trajectory import Trajectory, TrajectoryWriter, episode_metrics
 from agentgym.utils import atomic_write, atomic_write_json
 
 __all__ = [
@@ -58,7 +63,6 @@ __all__ = [
     "CONFIG_FILE",
 ]
 
-EPISODES_FILE = "episodes.jsonl"
 CONFIG_FILE = "config.json"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
@@ -141,128 +145,6 @@ class EvalConfig:
 
 class EvalInterrupted(RuntimeError):
     """The run stopped before all episodes finished (policy down, Ctrl-C); resume it later."""
-
-
-# --------------------------------------------------------------------------------------------
-# Policy retries
-# --------------------------------------------------------------------------------------------
-def is_transient(err: BaseException) -> bool:
-    """Whether a policy error is worth retrying (server down or overloaded, network trouble)."""
-    flag = getattr(err, "transient", None)
-    if flag is not None:
-        return bool(flag)
-    return isinstance(err, (ConnectionError, TimeoutError))
-
-
-class RetryingPolicy:
-    """Retries ``policy.act`` on transient errors with exponential backoff (+-25 % jitter).
-
-    ``retries`` is the number of extra attempts; the delay before attempt ``k`` (1-based) is
-    ``backoff_s * 2**(k-1)``. Non-transient errors and the last failure propagate.
-    """
-
-    def __init__(
-        self, policy: Policy, *, retries: int = 3, backoff_s: float = 2.0, log: Any = None
-    ) -> None:
-        self.policy = policy
-        self.name = getattr(policy, "name", type(policy).__name__)
-        self.needs_expert = bool(getattr(policy, "needs_expert", False))
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.retried = 0
-        self._log = log or (lambda msg: print(msg, file=sys.stderr))
-        self._rng = random.Random(0)
-
-    def act(self, contexts: Sequence[TurnContext]) -> list[PolicyOutput]:
-        attempt = 0
-        while True:
-            try:
-                return self.policy.act(contexts)
-            except Exception as e:
-                if not is_transient(e) or attempt >= self.retries:
-                    raise
-                attempt += 1
-                self.retried += 1
-                delay = self.backoff_s * 2 ** (attempt - 1) * self._rng.uniform(0.75, 1.25)
-                self._log(
-                    f"policy call failed ({type(e).__name__}: {e}); "
-                    f"retry {attempt}/{self.retries} in {delay:.1f}s"
-                )
-                time.sleep(delay)
-
-
-# --------------------------------------------------------------------------------------------
-# Per-episode timeouts (and the bookkeeping rollout does not keep: reset info, images, timing)
-# --------------------------------------------------------------------------------------------
-# --------------------------------------------------------------------------------------------
-# Records
-# --------------------------------------------------------------------------------------------
-def task_type_of(record: Mapping[str, Any]) -> str | None:
-    """The task type of an episode record: ``meta["task_type"]``, else the first ``task_type``
-    found in a turn's info (envs such as ALFWorld report it), else ``None``."""
-    meta = record.get("meta") or {}
-    if meta.get("task_type"):
-        return str(meta["task_type"])
-    for t in record.get("turns") or []:
-        tt = (t.get("info") or {}).get("task_type")
-        if tt:
-            return str(tt)
-    return None
-
-
-class _EpisodeSink:
-    """What rollout writes to: moves harness bookkeeping into ``meta``, saves images, appends."""
-
-    def __init__(
-        self, out_dir: Path, writer: TrajectoryWriter, images: dict[str, Any] | None = None
-    ) -> None:
-        self.out_dir = out_dir
-        self.writer = writer
-        self.images = images if images is not None else {}
-        self.written = 0
-
-    def write(self, traj: Trajectory) -> None:
-        last = traj.turns[-1].info if traj.turns else {}
-        images = self.images.pop(traj.id, None)
-        reset_info = traj.meta.get("reset_info") or {}
-        tt = reset_info.get("task_type") or next(
-            (t.info["task_type"] for t in traj.turns if t.info.get("task_type")), None
-        )
-        if tt:
-            traj.meta["task_type"] = str(tt)
-        if last.get("timed_out"):
-            traj.meta["timed_out"] = True
-        if images:
-            folder = self.out_dir / "screenshots" / traj.id
-            folder.mkdir(parents=True, exist_ok=True)
-            for k, img in enumerate(images):
-                if img is None:
-                    continue
-                p = folder / f"turn-{k}.png"
-                p.write_bytes(img)
-                rel = p.relative_to(self.out_dir).as_posix()
-                if k < len(traj.turns):
-                    traj.turns[k].info["screenshot"] = rel
-                else:
-                    traj.meta["final_screenshot"] = rel
-        self.writer.write(traj)
-        self.written += 1
-
-
-def load_episodes(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Episode records of a run folder, first occurrence of each id, in file order."""
-    path = Path(out_dir) / EPISODES_FILE
-    if not path.exists():
-        return []
-    seen: set[str] = set()
-    out = []
-    for rec in iter_records(path):
-        rid = rec.get("id")
-        if not isinstance(rid, str) or rid in seen:
-            continue
-        seen.add(rid)
-        out.append(rec)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,7 +436,7 @@ def run_eval(
     t0 = time.perf_counter()
     error: BaseException | None = None
     writer = TrajectoryWriter(out / EPISODES_FILE)
-    sink = _EpisodeSink(out, writer)
+    sink = EpisodeSink(out, writer)
     try:
         with EnvPool(
             env_spec,

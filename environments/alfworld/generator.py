@@ -21,17 +21,28 @@ are a separate download. This module builds games in the official format from th
 Generation is deterministic: a game is a function of its integer seed and the requested task
 types. The generated set is *not* the official ALFWorld benchmark (different object placements,
 no human goal annotations); numbers measured on it must say so.
+
+The scenes and the wheel's data files are read in :mod:`.scenes`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from agentgym.environments.alfworld.scenes import (
+    LAMPS,
+    UNSEEN_SCENES,
+    Scene,
+    alfred_constants,
+    goal_library,
+    load_scene,
+    logic_files,
+    scene_pool,
+)
 
 __all__ = [
     "TASK_TYPES",
@@ -61,10 +72,6 @@ TASK_TYPES: dict[int, str] = {
 }
 TASK_TYPE_IDS: dict[str, int] = {v: k for k, v in TASK_TYPES.items()}
 
-#: ALFRED's valid_unseen scenes (one per room type); the generated ``valid_unseen`` split uses
-#: only these and the other splits never do, mirroring the official out-of-distribution split.
-UNSEEN_SCENES = (10, 219, 308, 424)
-
 #: Receptacle types needed by the state-changing tasks.
 _TASK_APPLIANCE = {
     "pick_clean_then_place_in_recep": "SinkBasin",
@@ -76,7 +83,6 @@ _TASK_ACTION_FLAG = {
     "pick_heat_then_place_in_recep": "Heatable",
     "pick_cool_then_place_in_recep": "Coolable",
 }
-_LAMPS = ("DeskLamp", "FloorLamp")
 #: Where a lamp stands (THOR lamps are not placeable objects; the goal needs them in a receptacle).
 _LAMP_RECEPTACLES = (
     "SideTable",
@@ -87,108 +93,7 @@ _LAMP_RECEPTACLES = (
     "Shelf",
     "TVStand",
 )
-#: Receptacle types with several instances in THOR that the pose files do not list.
-_DEFAULT_INSTANCES = {"StoveBurner": 4}
 _AGENT = "agent1"
-
-
-@functools.cache
-def _constants() -> Any:
-    import alfworld.gen.constants as constants
-
-    return constants
-
-
-@functools.cache
-def _goal_library() -> dict[str, Any]:
-    import alfworld.gen.goal_library as glib
-
-    return glib.gdict
-
-
-@functools.cache
-def _logic_files() -> tuple[str, str]:
-    """The PDDL domain and the grammar shipped in the ``alfworld`` wheel."""
-    import alfworld
-
-    root = Path(alfworld.__file__).parent / "data"
-    return (root / "alfred.pddl").read_text(), (root / "alfred.twl2").read_text()
-
-
-def _layouts_dir() -> Path:
-    import alfworld
-
-    return Path(alfworld.__file__).parent / "gen" / "layouts"
-
-
-def _room_type(scene_num: int) -> str:
-    for name, nums in _constants().SCENE_TYPE.items():
-        if scene_num in nums:
-            return name
-    raise ValueError(
-        f"scene {scene_num} is not a THOR floor plan (1-30, 201-230, 301-330, 401-430)"
-    )
-
-
-def _static_receptacle_types() -> set[str]:
-    c = _constants()
-    return set(c.VAL_RECEPTACLE_OBJECTS) - set(c.MOVABLE_RECEPTACLES)
-
-
-@dataclasses.dataclass(frozen=True)
-class Scene:
-    """One THOR floor plan as read from the wheel's layout files."""
-
-    num: int
-    room: str
-    receptacles: tuple[tuple[str, str, tuple[float, float, int, int]], ...]  # (type, id, pose)
-    object_types: tuple[str, ...]  # placeable object types present in the scene
-    lamps: tuple[str, ...]
-
-
-@functools.cache
-def load_scene(num: int) -> Scene:
-    """Read ``FloorPlan{num}-objects.json`` and ``-openable.json`` into a :class:`Scene`."""
-    c = _constants()
-    d = _layouts_dir()
-    objects_file = d / f"FloorPlan{num}-objects.json"
-    if not objects_file.exists():
-        raise FileNotFoundError(f"no THOR layout {objects_file}; is alfworld==0.4.2 installed?")
-    present = set(json.loads(objects_file.read_text()))
-    poses = json.loads((d / f"FloorPlan{num}-openable.json").read_text())
-    static = _static_receptacle_types()
-    receptacles: list[tuple[str, str, tuple[float, float, int, int]]] = []
-    for rid, pose in sorted(poses.items()):
-        parts = rid.split("|")
-        rtype = parts[-1] if len(parts) == 5 else parts[0]  # "Sink|x|y|z|SinkBasin"
-        if rtype in static:
-            receptacles.append(
-                (rtype, rid, (float(pose[0]), float(pose[1]), int(pose[2]), int(pose[3])))
-            )
-    listed = {r[0] for r in receptacles}
-    # Scene receptacles without a precomputed pose (coffee machines, toasters, burners, ...):
-    # synthetic instances with deterministic coordinates derived from the scene number.
-    rng = random.Random(f"scene-{num}")
-    for rtype in sorted((present & static) - listed):
-        for _ in range(_DEFAULT_INSTANCES.get(rtype, 1)):
-            x, y, z = (rng.randint(-300, 300) / 100 for _ in range(3))
-            rid = f"{rtype}|{x:+06.2f}|{abs(y):+06.2f}|{z:+06.2f}"
-            pose = (round(x * 4) / 4, round(z * 4) / 4, rng.choice((0, 90, 180, 270)), 30)
-            receptacles.append((rtype, rid, pose))
-    placeable = set().union(*(c.VAL_RECEPTACLE_OBJECTS[r] for r in static))
-    object_types = sorted(t for t in present if t in placeable and t not in static)
-    lamps = tuple(t for t in _LAMPS if t in present)
-    return Scene(num, _room_type(num), tuple(receptacles), tuple(object_types), lamps)
-
-
-def scene_pool(split: str) -> tuple[int, ...]:
-    """Scene numbers a generated split draws from (``valid_unseen``: ALFRED's unseen scenes)."""
-    c = _constants()
-    if split == "valid_unseen":
-        return UNSEEN_SCENES
-    if split in ("train", "valid_seen"):
-        return tuple(n for n in c.TRAIN_SCENE_NUMBERS if n not in UNSEEN_SCENES)
-    raise ValueError(f"unknown split {split!r}: use train, valid_seen or valid_unseen")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,12 +120,12 @@ class GameSpec:
 
 
 def _can_hold(rtype: str, otype: str) -> bool:
-    return otype in _constants().VAL_RECEPTACLE_OBJECTS.get(rtype, ())
+    return otype in alfred_constants().VAL_RECEPTACLE_OBJECTS.get(rtype, ())
 
 
 def _task_options(scene: Scene, task_type: str) -> list[tuple[str, str, str]]:
     """All (object, parent, toggle) choices the scene supports for ``task_type``."""
-    c = _constants()
+    c = alfred_constants()
     if task_type not in c.GOALS_VALID or scene.room not in c.GOALS_VALID[task_type]:
         return []
     rtypes = {r[0] for r in scene.receptacles}
@@ -264,7 +169,7 @@ def sample_game(seed: int, task_types: Sequence[str], split: str = "train") -> G
     scenes = [n for n in scene_pool(split) if _task_options(load_scene(n), task_type)]
     num = rng.choice(scenes)
     obj, parent, toggle = rng.choice(_task_options(load_scene(num), task_type))
-    template = rng.choice(_goal_library()[task_type]["templates"])
+    template = rng.choice(goal_library()[task_type]["templates"])
     text = template.format(obj=obj.lower(), recep=parent.lower(), toggle=toggle.lower())
     return GameSpec(seed, task_type, num, obj, parent, toggle, text)
 
@@ -289,7 +194,7 @@ def _loc(pose: tuple[float, float, int, int]) -> str:
 
 def build_game(spec: GameSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ``(game.tw-pddl, traj_data.json)`` contents of ``spec``, before the solvability check."""
-    c = _constants()
+    c = alfred_constants()
     scene = load_scene(spec.scene)
     rng = random.Random(f"alfworld-layout-{spec.seed}")
     appliance = _TASK_APPLIANCE.get(spec.task_type, "")
@@ -318,7 +223,7 @@ def build_game(spec: GameSpec) -> tuple[dict[str, Any], dict[str, Any]]:
 
     def place(otype: str, forbidden: set[str]) -> None:
         spots = [r for r in receptacles if _can_hold(r[0], otype) and r[0] not in forbidden]
-        if otype in _LAMPS:
+        if otype in LAMPS:
             spots = [r for r in receptacles if r[0] in _LAMP_RECEPTACLES]
         if not spots:
             return
@@ -366,7 +271,7 @@ def build_game(spec: GameSpec) -> tuple[dict[str, Any], dict[str, Any]]:
         init.append(f"(inReceptacle {oid} {rid})")
         init.append(f"(objectAtLocation {oid} {rloc[rid]})")
         init.append(f"(objectType {oid} {otype}Type)")
-        if otype in _LAMPS:
+        if otype in LAMPS:
             init.append(f"(toggleable {oid})")
             continue
         init.append(f"(pickupable {oid})")
@@ -385,12 +290,12 @@ def build_game(spec: GameSpec) -> tuple[dict[str, Any], dict[str, Any]]:
     lines.append("    (:init")
     lines += [f"        {f}" for f in init]
     lines.append("    )")
-    goal = _goal_library()[spec.task_type]["pddl"].format(
+    goal = goal_library()[spec.task_type]["pddl"].format(
         obj=spec.object_target, recep=spec.parent_target, toggle=spec.toggle_target
     )
     problem = "\n".join(lines) + "\n" + goal.replace("#", "-").strip() + "\n"
 
-    domain, grammar = _logic_files()
+    domain, grammar = logic_files()
     game = {
         "pddl_domain": domain,
         "grammar": grammar.replace("UNKNOWN GOAL", spec.goal_text),

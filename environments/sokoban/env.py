@@ -59,19 +59,27 @@ shortest solution's length from the start).
 
 Expert: :meth:`SokobanEnv.expert_action` is the first move of a shortest solution (BFS) from the
 current state, or ``None`` in a dead end.
+
+The puzzles themselves (moves, solver, generator) are in :mod:`.puzzle`, the text grid and the
+PNG in :mod:`.render`; this module holds the env.
 """
 
 from __future__ import annotations
 
-import collections
 import hashlib
-import random
-import struct
-import zlib
-from collections.abc import Iterable
 from typing import Any
 
 from agentgym.core import Env, Observation, ResetNeeded
+from agentgym.environments.sokoban.puzzle import (
+    MOVES,
+    Cell,
+    Puzzle,
+    apply_move,
+    generate,
+    solve,
+    state_key,
+)
+from agentgym.environments.sokoban.render import grid_rows, render_png
 
 __all__ = [
     "SokobanEnv",
@@ -82,10 +90,6 @@ __all__ = [
     "MOVES",
 ]
 
-Cell = tuple[int, int]
-
-#: Moves in a fixed order (admissible actions are listed in this order).
-MOVES: dict[str, Cell] = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 _ALIASES = {
     "u": "up",
     "d": "down",
@@ -96,264 +100,10 @@ _ALIASES = {
     "west": "left",
     "east": "right",
 }
-#: BFS node budget of the solver; beyond it a state counts as "unknown", never as a dead end.
-MAX_NODES = 200_000
 TASK_TEXT = (
     "Push every box (X) onto a target (O). Moves: up, down, left, right; walking into a box "
     "pushes it."
 )
-
-
-class Puzzle:
-    """A Sokoban puzzle: the room (walls, targets) and the start state (player, boxes)."""
-
-    __slots__ = ("height", "width", "walls", "targets", "boxes", "player")
-
-    def __init__(
-        self,
-        height: int,
-        width: int,
-        walls: frozenset[Cell],
-        targets: frozenset[Cell],
-        boxes: frozenset[Cell],
-        player: Cell,
-    ) -> None:
-        self.height, self.width = height, width
-        self.walls, self.targets, self.boxes, self.player = walls, targets, boxes, player
-
-    def key(self) -> str:
-        """A canonical string of the whole puzzle (its identity for the split rule)."""
-        return state_key(self.height, self.width, self.walls, self.targets, self.boxes, self.player)
-
-
-def state_key(
-    height: int,
-    width: int,
-    walls: frozenset[Cell],
-    targets: frozenset[Cell],
-    boxes: frozenset[Cell],
-    player: Cell,
-) -> str:
-    return "|".join(
-        [
-            f"{height}x{width}",
-            ",".join(f"{r}.{c}" for r, c in sorted(walls)),
-            ",".join(f"{r}.{c}" for r, c in sorted(targets)),
-            ",".join(f"{r}.{c}" for r, c in sorted(boxes)),
-            f"{player[0]}.{player[1]}",
-        ]
-    )
-
-
-def _step(
-    walls: frozenset[Cell], boxes: frozenset[Cell], player: Cell, move: str
-) -> tuple[Cell, frozenset[Cell], str] | None:
-    """The state after ``move``, and what happened (``"move"``/``"push"``); ``None`` if blocked."""
-    dr, dc = MOVES[move]
-    nxt = (player[0] + dr, player[1] + dc)
-    if nxt in walls:
-        return None
-    if nxt in boxes:
-        beyond = (nxt[0] + dr, nxt[1] + dc)
-        if beyond in walls or beyond in boxes:
-            return None
-        return nxt, (boxes - {nxt}) | {beyond}, "push"
-    return nxt, boxes, "move"
-
-
-def solve(
-    walls: frozenset[Cell],
-    targets: frozenset[Cell],
-    boxes: frozenset[Cell],
-    player: Cell,
-    *,
-    max_depth: int | None = None,
-    max_nodes: int = MAX_NODES,
-) -> list[str] | None:
-    """A shortest solution (list of moves) by BFS over (player, boxes) states.
-
-    Returns ``[]`` when the state is solved already, ``None`` when no solution exists within
-    ``max_depth`` moves. Raises :class:`OverflowError` when the search exceeds ``max_nodes``
-    states (the answer is then unknown, which callers must not mistake for "unsolvable").
-    """
-    if boxes <= targets:
-        return []
-    start = (player, boxes)
-    parent: dict[tuple[Cell, frozenset[Cell]], tuple[Any, str] | None] = {start: None}
-    frontier = collections.deque([(start, 0)])
-    while frontier:
-        state, depth = frontier.popleft()
-        if max_depth is not None and depth >= max_depth:
-            continue
-        p, bx = state
-        for move in MOVES:
-            out = _step(walls, bx, p, move)
-            if out is None:
-                continue
-            nstate = (out[0], out[1])
-            if nstate in parent:
-                continue
-            parent[nstate] = (state, move)
-            if out[1] <= targets:
-                path = []
-                cur: Any = nstate
-                while parent[cur] is not None:
-                    prev, mv = parent[cur]  # type: ignore[misc]
-                    path.append(mv)
-                    cur = prev
-                return path[::-1]
-            if len(parent) > max_nodes:
-                raise OverflowError(f"solver gave up after {max_nodes} states")
-            frontier.append((nstate, depth + 1))
-    return None
-
-
-def _connected(floor: set[Cell]) -> bool:
-    if not floor:
-        return False
-    start = next(iter(floor))
-    seen = {start}
-    stack = [start]
-    while stack:
-        r, c = stack.pop()
-        for dr, dc in MOVES.values():
-            n = (r + dr, c + dc)
-            if n in floor and n not in seen:
-                seen.add(n)
-                stack.append(n)
-    return len(seen) == len(floor)
-
-
-def _split_bit(puzzle: Puzzle) -> int:
-    return hashlib.sha1(puzzle.key().encode()).digest()[0] & 1
-
-
-def generate(
-    seed: int,
-    split: str,
-    *,
-    height: int = 6,
-    width: int = 6,
-    boxes: int = 1,
-    min_solution: int = 1,
-    max_solution: int = 12,
-    max_walls: int = 3,
-    max_tries: int = 20_000,
-) -> Puzzle:
-    """The puzzle of ``(split, seed)``: drawn until solvable in ``[min_solution, max_solution]``
-    moves and on the ``split``'s side of the layout hash (see the module docstring)."""
-    want = {"train": 0, "test": 1}[split]
-    rng = random.Random(f"sokoban/{height}x{width}/{boxes}/{seed}")
-    interior = [(r, c) for r in range(1, height - 1) for c in range(1, width - 1)]
-    border = frozenset(
-        (r, c) for r in range(height) for c in range(width) if (r, c) not in set(interior)
-    )
-    for _ in range(max_tries):
-        inner_walls = set(rng.sample(interior, rng.randint(0, max_walls)))
-        floor = [cell for cell in interior if cell not in inner_walls]
-        if len(floor) < 2 * boxes + 1 or not _connected(set(floor)):
-            continue
-        cells = rng.sample(floor, 2 * boxes + 1)
-        targets = frozenset(cells[:boxes])
-        box_cells = frozenset(cells[boxes : 2 * boxes])
-        player = cells[-1]
-        puzzle = Puzzle(height, width, border | frozenset(inner_walls), targets, box_cells, player)
-        if _split_bit(puzzle) != want:
-            continue
-        try:
-            sol = solve(puzzle.walls, targets, box_cells, player, max_depth=max_solution)
-        except OverflowError:
-            continue
-        if sol is not None and min_solution <= len(sol) <= max_solution:
-            return puzzle
-    raise RuntimeError(
-        f"no {height}x{width} puzzle with {boxes} box(es) and a solution of {min_solution}-"
-        f"{max_solution} moves after {max_tries} draws (seed {seed}); widen the solution range "
-        "or enlarge the room"
-    )
-
-
-# -- rendering -----------------------------------------------------------------------------------
-_COLORS = {
-    "#": (90, 62, 44),  # wall
-    "_": (225, 218, 200),  # floor
-    "O": (225, 218, 200),  # target (floor + ring)
-    "X": (214, 150, 40),  # box
-    "*": (60, 170, 80),  # box on target
-    "P": (225, 218, 200),  # player (floor + disc)
-    "+": (225, 218, 200),  # player on target
-}
-
-
-def _grid(
-    height: int,
-    width: int,
-    walls: Iterable[Cell],
-    targets: frozenset[Cell],
-    boxes: frozenset[Cell],
-    player: Cell,
-) -> list[list[str]]:
-    g = [["_"] * width for _ in range(height)]
-    for r, c in walls:
-        g[r][c] = "#"
-    for r, c in targets:
-        g[r][c] = "O"
-    for r, c in boxes:
-        g[r][c] = "*" if (r, c) in targets else "X"
-    r, c = player
-    g[r][c] = "+" if player in targets else "P"
-    return g
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def _tile(sym: str, k: int) -> list[bytes]:
-    """The ``k`` pixel rows (RGB bytes) of one cell showing ``sym``."""
-    base = _COLORS[sym]
-    rows = []
-    for y in range(k):
-        row = bytearray()
-        for x in range(k):
-            px = base
-            dy, dx = y - (k - 1) / 2, x - (k - 1) / 2
-            d2 = dx * dx + dy * dy
-            if sym in ("O", "+") and (k * 0.3) ** 2 <= d2 <= (k * 0.42) ** 2:
-                px = (200, 40, 40)  # target ring
-            if sym in ("P", "+") and d2 <= (k * 0.28) ** 2:
-                px = (40, 80, 200)  # player disc
-            if sym in ("X", "*") and (x in (0, k - 1) or y in (0, k - 1)):
-                px = (60, 40, 20)  # box outline
-            row += bytes(px)
-        rows.append(bytes(row))
-    return rows
-
-
-_TILES: dict[tuple[str, int], list[bytes]] = {}
-
-
-def render_png(grid: list[list[str]], cell_px: int = 16) -> bytes:
-    """An RGB PNG of ``grid`` (the text cells above), ``cell_px`` pixels per cell."""
-    h, w = len(grid), len(grid[0])
-    k = cell_px
-    scanlines = []
-    for gr in range(h):
-        tiles = []
-        for sym in grid[gr]:
-            if (sym, k) not in _TILES:
-                _TILES[(sym, k)] = _tile(sym, k)
-            tiles.append(_TILES[(sym, k)])
-        for y in range(k):
-            # filter type 0 (none) before each scanline
-            scanlines.append(b"\x00" + b"".join(t[y] for t in tiles))
-    ihdr = struct.pack(">IIBBBBB", w * k, h * k, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", zlib.compress(b"".join(scanlines), 6))
-        + _png_chunk(b"IEND", b"")
-    )
 
 
 def _offset(dr: int, dc: int) -> str:
@@ -490,7 +240,7 @@ class SokobanEnv(Env):
                 False,
                 self._info(valid=False),
             )
-        out = _step(self.puzzle.walls, self.boxes, self.player, move)
+        out = apply_move(self.puzzle.walls, self.boxes, self.player, move)
         if out is None:
             dr, dc = MOVES[move]
             ahead = (self.player[0] + dr, self.player[1] + dc)
@@ -585,7 +335,7 @@ class SokobanEnv(Env):
     def _cells(self) -> list[list[str]]:
         assert self.puzzle is not None
         p = self.puzzle
-        return _grid(p.height, p.width, p.walls, p.targets, self.boxes, self.player)
+        return grid_rows(p.height, p.width, p.walls, p.targets, self.boxes, self.player)
 
     def anchor(self) -> str:
         """The canonical key of the current state (see the module docstring)."""
@@ -612,7 +362,7 @@ class SokobanEnv(Env):
         if not self._done:
             assert self.puzzle is not None
             actions = tuple(
-                m for m in MOVES if _step(self.puzzle.walls, self.boxes, self.player, m)
+                m for m in MOVES if apply_move(self.puzzle.walls, self.boxes, self.player, m)
             )
         return Observation(
             text="\n".join(parts),

@@ -36,16 +36,17 @@ count for nothing. The runner also reports code under test that patched pytest's
 internals during the run (graded ``unresolved``). Other test commands (Django's ``runtests.py``,
 SymPy's ``bin/test``) are the repository's own runners; their log is parsed with the repository's
 parser after the restore above.
+
+This module grades; the restore is in :mod:`.restore`, the test command and its per-test
+records in :mod:`.testrun`, and the run's ``summary.json`` in :mod:`.report`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import configparser
 import dataclasses
 import json
 import os
-import re
 import shlex
 import time
 import uuid
@@ -53,8 +54,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from agentgym.environments.swe import log_parsers
-from agentgym.environments.swe.tasks import DATA_DIR, SWETask
+from agentgym.environments.swe import log_parsers, report
+from agentgym.environments.swe.restore import (
+    infrastructure_reason,
+    patch_files,
+    restore_infrastructure,
+    restore_test_sections,
+)
+from agentgym.environments.swe.tasks import SWETask
+from agentgym.environments.swe.testrun import (
+    RUNNER,
+    clip_log,
+    pytest_command,
+    pytest_status,
+    read_text,
+)
 
 __all__ = [
     "GradeResult",
@@ -71,10 +85,6 @@ __all__ = [
 ]
 
 parse_pytest_log = log_parsers.parse_pytest_log
-_DIFF_FILE_RE = re.compile(r"^diff --git a/(\S+) b/(\S+)", re.MULTILINE)
-RUNNER = DATA_DIR / "pytest_runner.py"
-#: Most bytes of test output kept in a grade's log (head and tail); results are parsed whole.
-LOG_KEEP = 4 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,251 +193,6 @@ def model_patch(sb: Any, base_commit: str) -> str:
         sb.exec(f"rm -f {out} {out}.index", timeout=30)
 
 
-def _files(patch: str) -> list[str]:
-    return sorted({b for _, b in _DIFF_FILE_RE.findall(patch)})
-
-
-# -- the anti-gaming restore -------------------------------------------------------------------
-
-_TEST_NAME_RE = re.compile(r"^(test_.*\.py|.*_test\.py|tests\.py|conftest\.py)$")
-_WHOLE_CONFIG = {"pytest.ini", ".pytest.ini", "pytest.toml", ".pytest.toml", "tox.ini"}
-_SECTION_CONFIG = {"setup.cfg", "pyproject.toml"}
-#: Top-level names that would stand in for the test runner's own modules.
-_RUNNER_MODULES = {"pytest", "_pytest", "pluggy", "py"}
-
-
-def infrastructure_reason(path: str, test_patch_files: Sequence[str] = ()) -> str | None:
-    """Why ``path`` (relative to the repository) belongs to the test infrastructure, or None.
-
-    ``setup.cfg`` and ``pyproject.toml`` answer ``"test configuration sections"``: only their
-    pytest sections are restored (:func:`restore_test_sections`).
-    """
-    parts = path.split("/")
-    name = parts[-1]
-    if path in test_patch_files:
-        return "test file (test patch)"
-    if name == "conftest.py":
-        return "pytest conftest"
-    if _TEST_NAME_RE.match(name) or "tests" in parts[:-1]:
-        return "test file"
-    if name in _WHOLE_CONFIG:
-        return "test configuration"
-    if name in _SECTION_CONFIG:
-        return "test configuration sections"
-    if name in ("sitecustomize.py", "usercustomize.py") or name.endswith(".pth"):
-        return "interpreter start-up hook"
-    if any(p.endswith((".egg-info", ".dist-info")) for p in parts[:-1]):
-        return "package metadata (entry-point plugins)"
-    if "__pycache__" in parts or name.endswith((".pyc", ".pyo")):
-        return "compiled bytecode"
-    top = parts[0][:-3] if len(parts) == 1 and parts[0].endswith(".py") else parts[0]
-    if top in _RUNNER_MODULES and (len(parts) > 1 or name.endswith(".py")):
-        return "shadows the test runner"
-    return None
-
-
-_HEADER_RE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-
-
-def _section_name(name: str) -> str:
-    return re.sub(r"[\s\"']", "", name)
-
-
-def _is_test_section(kind: str, name: str) -> bool:
-    name = _section_name(name)
-    if kind == "pyproject.toml":
-        return name == "tool.pytest" or name.startswith("tool.pytest.")
-    return name in ("tool:pytest", "pytest")
-
-
-def _pytest_config(kind: str, text: str) -> Any:
-    """The pytest settings in a ``setup.cfg`` / ``pyproject.toml`` text (comparable values)."""
-    if kind == "pyproject.toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
-        return tomllib.loads(text).get("tool", {}).get("pytest")
-    cp = configparser.ConfigParser(interpolation=None, strict=False)
-    cp.read_string(text)
-    return {s: dict(cp[s]) for s in cp.sections() if _is_test_section(kind, s)}
-
-
-def _blocks(text: str) -> list[tuple[str | None, str]]:
-    """``text`` cut at section headers: ``[(section name or None, block text), ...]``."""
-    out: list[tuple[str | None, list[str]]] = [(None, [])]
-    for line in text.splitlines(keepends=True):
-        m = _HEADER_RE.match(line)
-        if m:
-            out.append((m.group(1), []))
-        out[-1][1].append(line)
-    return [(n, "".join(lines)) for n, lines in out if lines]
-
-
-def restore_test_sections(kind: str, base: str, new: str) -> tuple[str, bool]:
-    """``(text, changed)``: ``new`` with its pytest sections put back as in ``base``.
-
-    ``kind`` is ``"setup.cfg"`` or ``"pyproject.toml"``. When the sections cannot be separated
-    (a file that no longer parses, pytest settings written as dotted keys or inline tables), the
-    whole ``base`` text comes back.
-    """
-    try:
-        want = _pytest_config(kind, base)
-    except (ValueError, ImportError, configparser.Error):
-        return base, base != new
-    try:
-        if _pytest_config(kind, new) == want:
-            return new, False
-    except (ValueError, ImportError, configparser.Error):
-        return base, True
-    kept = [b for n, b in _blocks(new) if n is None or not _is_test_section(kind, n)]
-    back = [b for n, b in _blocks(base) if n is not None and _is_test_section(kind, n)]
-    if kept and back and not kept[-1].endswith("\n"):
-        kept[-1] += "\n"
-    text = "".join(kept + back)
-    try:
-        if _pytest_config(kind, text) == want:
-            return text, True
-    except (ValueError, configparser.Error):
-        pass
-    return base, True
-
-
-def _touched_paths(sb: Any, base: str, d: str) -> list[str]:
-    """Every path that differs from ``base`` (tracked changes, deletions, untracked and ignored
-    files); listed through a file so that no path is lost to output size."""
-    r = sb.exec(
-        "git -c core.quotepath=off diff --name-only -z --no-renames "
-        f"{shlex.quote(base)} > {d}/touched && git ls-files -z --others >> {d}/touched",
-        timeout=120,
-    )
-    if r.exit_code != 0:
-        raise RuntimeError(f"could not list the files the patch changed: {r.stderr.strip()}")
-    raw = sb.read_file(f"{d}/touched").decode(errors="surrogateescape")
-    return sorted({p for p in raw.split("\0") if p})
-
-
-def _restore_infrastructure(sb: Any, task: SWETask, d: str, log: list[str]) -> list[str]:
-    """Put the test infrastructure the model patch touched back as at ``base_commit``."""
-    base = shlex.quote(task.base_commit)
-    test_files = _files(task.test_patch)
-    whole: list[str] = []
-    sections: list[str] = []
-    tampered: list[str] = []
-    for path in _touched_paths(sb, task.base_commit, d):
-        why = infrastructure_reason(path, test_files)
-        if why == "test configuration sections":
-            sections.append(path)
-        elif why is not None:
-            whole.append(path)
-            tampered.append(f"{path} ({why})")
-    for path in sections:
-        q = shlex.quote(path)
-        r = sb.exec(f"git show {base}:{q} > {d}/cfg.base", timeout=60)
-        try:
-            new = sb.read_file(path).decode(errors="surrogateescape")
-        except FileNotFoundError:
-            new = None
-        if r.exit_code != 0 or new is None:  # created or deleted by the patch
-            whole.append(path)
-            tampered.append(f"{path} (test configuration)")
-            continue
-        base_text = sb.read_file(f"{d}/cfg.base").decode(errors="surrogateescape")
-        text, changed = restore_test_sections(Path(path).name, base_text, new)
-        if changed:
-            sb.write_file(path, text.encode(errors="surrogateescape"))
-            tampered.append(f"{path} (pytest sections)")
-    if whole:
-        sb.write_file(f"{d}/restore", "\0".join(whole) + "\0")
-        r = sb.exec(
-            "while IFS= read -r -d '' f; do rm -rf -- \"$f\"; "
-            f'if git cat-file -e {base}:"$f" 2>/dev/null; then git checkout -q {base} -- "$f" '
-            '|| exit 1; else rmdir -p --ignore-fail-on-non-empty "$(dirname -- "$f")" '
-            f"2>/dev/null; fi; done < {d}/restore; true",
-            timeout=120,
-        )
-        if r.exit_code != 0:
-            raise RuntimeError(f"could not restore the test infrastructure: {r.stderr.strip()}")
-    if tampered:
-        log.append(">>> restored before the test run:\n" + "\n".join(tampered))
-    return tampered
-
-
-# -- running the tests -------------------------------------------------------------------------
-
-_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-_PYTHON_RE = re.compile(r"^python(\d+(\.\d+)?)?$")
-
-
-def pytest_command(test_cmd: str, results: str, runner: str) -> str | None:
-    """``test_cmd`` rewritten to run pytest through ``runner`` (results to ``results``), or
-    None when it is not a plain pytest command (shell syntax, another runner)."""
-    if re.search(r"[;&|<>`$()\n\\]", test_cmd):
-        return None
-    try:
-        words = shlex.split(test_cmd)
-    except ValueError:
-        return None
-    env = []
-    while words and _ENV_RE.match(words[0]):
-        env.append(words.pop(0))
-    if not words:
-        return None
-    exe = os.path.basename(words[0])
-    if exe in ("pytest", "py.test"):
-        # The interpreter that the pytest script itself names.
-        python = '$(sed -n "1s/^#! *//p" "$(command -v pytest)" 2>/dev/null || echo python3)'
-        args = words[1:]
-    elif _PYTHON_RE.match(exe) and words[1:3] == ["-m", "pytest"]:
-        python, args = shlex.quote(words[0]), words[3:]
-    else:
-        return None
-    if "no:cacheprovider" not in args:
-        args = ["-p", "no:cacheprovider", *args]
-    prefix = f"env {' '.join(shlex.quote(e) for e in env)} " if env else ""
-    return f"{prefix}{python} -s {runner} {results} {' '.join(shlex.quote(a) for a in args)}"
-
-
-def _pytest_status(records: list[dict[str, Any]]) -> dict[str, str]:
-    """Per-test status as pytest's ``-rA`` summary reports it (its sections are printed passed,
-    skipped, xfailed, xpassed, error, failed, and a parser keeps a test's last line)."""
-    rank = {"PASSED": 0, "SKIPPED": 1, "XFAIL": 2, "XPASS": 3, "ERROR": 4, "FAILED": 5}
-    out: dict[str, str] = {}
-    for rec in records:
-        if rec.get("event") == "collect_error":
-            status = "ERROR"
-        elif rec.get("event") == "test":
-            when, outcome, xfail = rec.get("when"), rec.get("outcome"), rec.get("wasxfail")
-            if outcome == "failed":
-                status = "FAILED" if when == "call" else "ERROR"
-            elif outcome == "skipped":
-                status = "XFAIL" if xfail else "SKIPPED"
-            elif when == "call":
-                status = "XPASS" if xfail else "PASSED"
-            else:
-                continue
-        else:
-            continue
-        nodeid = str(rec.get("nodeid"))
-        if nodeid not in out or rank[status] >= rank[out[nodeid]]:
-            out[nodeid] = status
-    return out
-
-
-def _read_text(sb: Any, path: str) -> str | None:
-    try:
-        return sb.read_file(path).decode(errors="replace")
-    except (FileNotFoundError, OSError):
-        return None
-
-
-def _clip(text: str, limit: int = LOG_KEEP) -> str:
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n{text[-half:]}"
-
-
 def grade(sb: Any, task: SWETask, patch: str, *, timeout: float = 300.0) -> GradeResult:
     """Grade ``patch`` for ``task`` in ``sb``, whose workspace must be the clean checkout."""
     t0 = time.perf_counter()
@@ -477,9 +242,9 @@ def grade(sb: Any, task: SWETask, patch: str, *, timeout: float = 300.0) -> Grad
     log += [">>> apply model patch", r.stdout, r.stderr]
     if not r.ok:
         return result("patch_failed", False)
-    tampered += _restore_infrastructure(sb, task, d, log)
+    tampered += restore_infrastructure(sb, task, d, log)
     if task.test_patch.strip():
-        files = " ".join(shlex.quote(f) for f in _files(task.test_patch))
+        files = " ".join(shlex.quote(f) for f in patch_files(task.test_patch))
         sb.write_file(f"{d}/test.patch", task.test_patch)
         # Like the SWE-bench harness: test files go back to base_commit before the test patch.
         r = sb.exec(
@@ -499,9 +264,9 @@ def grade(sb: Any, task: SWETask, patch: str, *, timeout: float = 300.0) -> Grad
         f"( {cmd or task.test_cmd} ) > {d}/test.log 2>&1 < /dev/null; echo $? > {d}/exit_code"
     )
     r = sb.exec(script, timeout=timeout)
-    output = _read_text(sb, f"{d}/test.log") or ""
-    log += [f">>> {task.test_cmd}" + (f"\n>>> run as: {cmd}" if cmd else ""), _clip(output)]
-    rc_text = (_read_text(sb, f"{d}/exit_code") or "").strip()
+    output = read_text(sb, f"{d}/test.log") or ""
+    log += [f">>> {task.test_cmd}" + (f"\n>>> run as: {cmd}" if cmd else ""), clip_log(output)]
+    rc_text = (read_text(sb, f"{d}/exit_code") or "").strip()
     exit_code = int(rc_text) if rc_text.lstrip("-").isdigit() else None
     parser: Callable[[str], dict[str, str]] = log_parsers.parser_for(task.repo)
     started = finished = False
@@ -510,7 +275,7 @@ def grade(sb: Any, task: SWETask, patch: str, *, timeout: float = 300.0) -> Grad
         tests = parser(output)
     else:
         records = []
-        for line in (_read_text(sb, f"{d}/results.jsonl") or "").splitlines():
+        for line in (read_text(sb, f"{d}/results.jsonl") or "").splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
@@ -524,7 +289,7 @@ def grade(sb: Any, task: SWETask, patch: str, *, timeout: float = 300.0) -> Grad
                         exit_code = int(rec["exitstatus"])
         started = any(rec.get("event") == "start" for rec in records)
         # Rendered as -rA lines for the repository's parser, so test ids match the harness's.
-        lines = "\n".join(f"{s} {t}" for t, s in _pytest_status(records).items())
+        lines = "\n".join(f"{s} {t}" for t, s in pytest_status(records).items())
         if parser not in log_parsers.PYTEST_FAMILY:
             parser = log_parsers.parse_pytest_log
         tests = parser(lines)
@@ -679,36 +444,13 @@ def evaluate(
             (out / "logs" / f"{res.instance_id}.log").write_text(res.log, encoding="utf-8")
             atomic_write_json(out / "reports" / f"{res.instance_id}.json", res.to_dict())
     results.sort(key=lambda r: r.instance_id)
-    model = next(
-        (p.get("model_name_or_path") for p in predictions.values() if p.get("model_name_or_path")),
-        None,
+    summary = report.summary(
+        results,
+        tasks,
+        predictions,
+        unknown=unknown,
+        seconds=time.perf_counter() - t0,
+        workers=workers,
     )
-    n = len(results)
-    summary = {
-        "model_name_or_path": model,
-        "total_instances": len(tasks),
-        "submitted_instances": n,
-        "completed_instances": sum(r.status not in ("error",) for r in results),
-        "resolved_instances": sum(r.resolved for r in results),
-        "resolved_rate": (sum(r.resolved for r in results) / n) if n else 0.0,
-        "empty_patch_instances": sum(r.status == "empty_patch" for r in results),
-        "error_instances": sum(r.status == "error" for r in results),
-        "resolved_ids": [r.instance_id for r in results if r.resolved],
-        "unresolved_ids": [r.instance_id for r in results if not r.resolved],
-        "unknown_prediction_ids": unknown,
-        "statuses": {r.instance_id: r.status for r in results},
-        # Why an instance errored or failed without a failing test, and what was restored.
-        "notes": {
-            r.instance_id: "; ".join(
-                x
-                for x in (r.reason, "restored: " + ", ".join(r.tampered) if r.tampered else "")
-                if x
-            )
-            for r in results
-            if r.reason or r.tampered
-        },
-        "seconds": time.perf_counter() - t0,
-        "workers": workers,
-    }
     atomic_write_json(out / "summary.json", summary)
     return summary

@@ -23,13 +23,13 @@ import pytest
 
 from agentgym.environments.swe import log_parsers as lp
 from agentgym.environments.swe.grading import (
-    _pytest_status,
     infrastructure_reason,
     load_predictions,
     pytest_command,
     restore_test_sections,
 )
 from agentgym.environments.swe.tasks import SWETask, builtin_tasks, unified_diff
+from agentgym.environments.swe.testrun import pytest_status
 
 LOGS = Path(__file__).parent / "swe_logs"
 PARSERS = {
@@ -130,7 +130,7 @@ def test_in_process_results_render_like_the_rA_summary() -> None:
         {"event": "test", "nodeid": "t.py::g", "when": "setup", "outcome": "skipped"},
         {"event": "collect_error", "nodeid": "t2.py"},
     ]
-    assert _pytest_status(rec) == {
+    assert pytest_status(rec) == {
         "t.py::a": "PASSED",
         "t.py::b": "FAILED",
         "t.py::c": "ERROR",

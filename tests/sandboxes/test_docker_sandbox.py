@@ -33,9 +33,9 @@ def _engine() -> str | None:
             timeout=120,
             env={**os.environ, "DOCKER_WAIT": "60"},
         )
-        import agentgym.sandboxes.docker_backend as db
+        import agentgym.sandboxes.docker_engine as engine
 
-        db._client = None
+        engine._client = None
         if docker_available():
             return None
     return "no Docker engine could be reached or started (run scripts/setup_docker.sh as root)"
