@@ -169,7 +169,8 @@ class TrainConfig:
         None, "guard: mean token entropy of the update above this is bad (None: unwatched)"
     )
     guard_invalid_max: float | None = _f(
-        0.5, "guard: share of replies with no parsable action (1 - train/format_ok) above this is bad"
+        0.5,
+        "guard: share of replies with no parsable action (1 - train/format_ok) above this is bad",
     )
     guard_success_drop: float | None = _f(
         0.25, "guard: train success this far below its best so far is bad (None: unwatched)"

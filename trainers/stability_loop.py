@@ -40,7 +40,9 @@ SEED_ROUND_STRIDE = 10_000_019
 def task_seed(seed: int, step: int, groups_per_step: int, first_group: int, round_: int) -> int:
     """Task seed of group ``first_group`` (this rank's first) in collection round ``round_`` of
     RL ``step``; round 0 is the seed every run without dynamic sampling uses."""
-    return seed * 1_000_003 + round_ * SEED_ROUND_STRIDE + (step - 1) * groups_per_step + first_group
+    return (
+        seed * 1_000_003 + round_ * SEED_ROUND_STRIDE + (step - 1) * groups_per_step + first_group
+    )
 
 
 @dataclasses.dataclass(frozen=True)

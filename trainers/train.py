@@ -11,10 +11,12 @@ The run is assembled from small pieces, each in its own module:
 * :mod:`~agentgym.trainers.checkpoint`: checkpoints with manifests, resume bookkeeping;
 * :mod:`~agentgym.trainers.metrics`: metrics, evaluation, logging, the curve.
 
-:func:`train` reads top to bottom: setup -> model (resume, or init + SFT) -> per step: collect ->
-batch -> pieces annotate -> advantages -> samples -> update -> pieces update -> log ->
+:func:`train` reads top to bottom: setup -> model (resume, or init + SFT) -> per step: collect
+(with ``--dynamic-sampling``: drop groups of equal returns, refill) -> batch -> pieces annotate ->
+advantages -> samples -> update -> pieces update -> collapse guard (``--guard``) -> log ->
 checkpoint -> final evaluation and report. It names no algorithm: what a combination needs is
-built by the pieces' registry.
+built by the pieces' registry. The two stability steps live in
+:mod:`~agentgym.trainers.stability_loop` (``docs/stability.md``).
 
 Outputs in ``out``: ``config.json``, ``metrics.jsonl``, ``tb/`` (TensorBoard),
 ``trajectories.jsonl``, ``checkpoints/step_N/`` (model, tokenizer, ``state.pt``,

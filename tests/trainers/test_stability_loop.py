@@ -20,12 +20,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from test_train import COLORS, _small  # noqa: E402  (the settings of the small runs)
+
 import agentgym  # noqa: E402
 from agentgym.core import Env, Observation  # noqa: E402
 from agentgym.trainers.learner import Learner, apply_penalty  # noqa: E402
 from agentgym.trainers.train import train  # noqa: E402
-
-from test_train import COLORS, _small  # noqa: E402  (the settings of the small runs)
 
 
 class CoinEnv(Env):
@@ -163,7 +163,11 @@ def test_dynamic_sampling_skips_the_update_when_no_group_is_informative(
 ):
     out = tmp_path / "none"
     cfg = _dyn_cfg(
-        out, tiny_model, env_kwargs={"odd_pays": False}, steps=1, dynamic_sampling=True,
+        out,
+        tiny_model,
+        env_kwargs={"odd_pays": False},
+        steps=1,
+        dynamic_sampling=True,
         dynamic_max_rounds=2,
     )
     train(cfg)
