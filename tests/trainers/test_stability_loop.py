@@ -114,6 +114,26 @@ def _dyn_cfg(out: Path, model: str, **kw: Any) -> Any:
     return _small(out, model, **base)
 
 
+@pytest.mark.parametrize(
+    ("kw", "said"),
+    [
+        (dict(algo="ppo", group_size=1, dynamic_sampling=True), "--group-size 4 or --no-dynamic"),
+        (dict(dynamic_max_rounds=0), "pass e.g. --dynamic-max-rounds 3"),
+        (dict(guard_patience=0), "pass e.g. --guard-patience 3"),
+        (dict(guard_lr_factor=1.5), "must be in (0, 1]: pass e.g. --guard-lr-factor 0.5"),
+        (dict(guard_entropy_min=2.0, guard_entropy_max=1.0), "raise --guard-entropy-max"),
+    ],
+)
+def test_stability_settings_are_checked_with_the_fix(kw: dict[str, Any], said: str) -> None:
+    from agentgym.trainers.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(**kw)
+    assert said in str(e.value) and "\n" not in str(e.value)
+    cfg = TrainConfig(guard_entropy_max=3.0, guard_patience=2).guard_config()
+    assert (cfg.entropy_min, cfg.entropy_max, cfg.patience) == (0.05, 3.0, 2)
+
+
 # ------------------------------------------------------------------------------------------------
 # dynamic sampling
 # ------------------------------------------------------------------------------------------------
@@ -278,3 +298,44 @@ def test_resume_keeps_the_guard_state(tmp_path, tiny_model, capsys):
     ck = out / "checkpoints"
     assert _same(_weights(ck / "step_2"), _weights(ck / "step_1"))
     assert set(_lrs(ck / "step_2")) == {0.005}
+
+
+# ------------------------------------------------------------------------------------------------
+# under torchrun
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_dynamic_sampling_and_guard_under_torchrun(tmp_path: Path) -> None:
+    """Two gloo ranks, each filling its own share of groups with its own refill rounds (ranks may
+    use different numbers of rounds), and the guard deciding alike on every rank: the run
+    completes, the metrics add up over ranks and every episode is written once."""
+    import shlex
+
+    from test_distributed import _torchrun
+
+    out = tmp_path / "run"
+    flags = shlex.split(
+        "--env test/Coin-v0 --env-modules test_stability_loop --split-kwarg none --num-envs 2 "
+        "--backend sync --tiny-hidden-size 32 --tiny-vocab-size 320 --corpus-episodes 4 "
+        "--sft-episodes 0 --steps 2 --groups-per-step 4 --group-size 2 --max-new-tokens 6 "
+        "--eval-episodes 2 --eval-every 0 --save-every 1 --minibatch-size 8 --micro-batch-size 4 "
+        "--algo grpo --lr 1e-2 --dynamic-sampling --guard --guard-entropy-min 1e9 "
+        "--guard-invalid-max none --guard-success-drop none --guard-patience 2 "
+        "--json --no-progress --no-tensorboard"
+    )
+    res = _torchrun(
+        ["-m", "agentgym.cli", "train", "--out", str(out), *flags], cwd=tmp_path, timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-5000:]
+    steps = _steps(out)
+    assert sorted(steps) == [1, 2]
+    for r in steps.values():
+        assert r["dynamic/kept"] <= 4 <= r["dynamic/drawn"]
+        assert r["train/episodes"] == 2 * r["dynamic/drawn"]
+    assert [steps[s]["guard/restore"] for s in (1, 2)] == [0, 1]
+    assert steps[2]["guard/lr"] == pytest.approx(5e-3)
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["guard/restores"] == 1
+    trajs = agentgym.read_trajectories(out / "trajectories.jsonl")
+    drawn = sum(r["dynamic/drawn"] for r in steps.values())
+    assert len(trajs) == len({t.id for t in trajs}) == 2 * drawn
+    assert len({t.seed for t in trajs}) == drawn  # one task seed per group, none shared
