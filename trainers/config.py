@@ -148,6 +148,36 @@ class TrainConfig:
         "optimizer state sharded over ranks); ignored in a single process",
         choices=("ddp", "fsdp"),
     )
+    # -- learning stability (docs/stability.md) ------------------------------------------------
+    dynamic_sampling: bool = _f(
+        False,
+        "DAPO dynamic sampling: drop groups whose shaped returns are all equal and refill with "
+        "new tasks until groups_per_step informative groups are in hand",
+    )
+    dynamic_max_rounds: int = _f(
+        3, "dynamic sampling: collection rounds per step at most (the first included)"
+    )
+    guard: bool = _f(
+        False,
+        "collapse guard: on a run of bad steps restore the last good weights and optimizer "
+        "state (a copy kept in host RAM) and lower the learning rate",
+    )
+    guard_entropy_min: float | None = _f(
+        0.05, "guard: mean token entropy of the update below this is bad (None: unwatched)"
+    )
+    guard_entropy_max: float | None = _f(
+        None, "guard: mean token entropy of the update above this is bad (None: unwatched)"
+    )
+    guard_invalid_max: float | None = _f(
+        0.5,
+        "guard: share of replies with no parsable action (1 - train/format_ok) above this is bad",
+    )
+    guard_success_drop: float | None = _f(
+        0.25, "guard: train success this far below its best so far is bad (None: unwatched)"
+    )
+    guard_patience: int = _f(3, "guard: consecutive bad steps before a restore")
+    guard_lr_factor: float = _f(0.5, "guard: the learning rate is multiplied by this on a restore")
+    guard_min_lr: float = _f(1e-7, "guard: the learning rate is never lowered below this")
     # -- evaluation, logging, checkpoints -----------------------------------------------------
     eval_every: int = _f(4, "greedy held-out evaluation every N steps (0: only before/after)")
     eval_episodes: int = _f(64, "held-out episodes per evaluation")
@@ -208,6 +238,7 @@ class TrainConfig:
             raise ConfigError("the tiny model trains in float32: drop --dtype or pass --model")
         if self.kl_coef < 0 or self.entropy_coef < 0 or self.invalid_penalty < 0:
             raise ConfigError("kl_coef, entropy_coef and invalid_penalty must be >= 0")
+        self._check_stability()
         self.gate_thresholds = [float(x) for x in self.gate_thresholds]
         self.composition()  # the estimator / transform / loss-term rules
 
@@ -236,6 +267,57 @@ class TrainConfig:
                     f"{f.name}={value!r} must be {want}{' or None' if optional else ''}: set "
                     f"{f.name} (or {flag}) to e.g. {_default(f.name)!r}"
                 )
+
+    def _check_stability(self) -> None:
+        """Dynamic sampling and collapse guard settings (docs/stability.md)."""
+        if self.dynamic_max_rounds < 1:
+            raise ConfigError(
+                f"dynamic_max_rounds={self.dynamic_max_rounds} must be >= 1 (the first round "
+                "counts): pass e.g. --dynamic-max-rounds 3"
+            )
+        if self.dynamic_sampling and self.group_size < 2:
+            raise ConfigError(
+                f"dynamic_sampling compares the returns within a group, so it needs group_size "
+                f">= 2 (got {self.group_size}): use --group-size 4 or --no-dynamic-sampling"
+            )
+        if self.guard_patience < 1:
+            raise ConfigError(
+                f"guard_patience={self.guard_patience} must be >= 1: pass e.g. --guard-patience 3"
+            )
+        if not 0 < self.guard_lr_factor <= 1:
+            raise ConfigError(
+                f"guard_lr_factor={self.guard_lr_factor} must be in (0, 1]: pass e.g. "
+                "--guard-lr-factor 0.5"
+            )
+        if not self.guard_min_lr > 0:
+            raise ConfigError(
+                f"guard_min_lr={self.guard_min_lr} must be > 0: pass e.g. --guard-min-lr 1e-7"
+            )
+        lo, hi = self.guard_entropy_min, self.guard_entropy_max
+        if lo is not None and hi is not None and lo >= hi:
+            raise ConfigError(
+                f"guard_entropy_min={lo} is not below guard_entropy_max={hi}: raise "
+                "--guard-entropy-max or lower --guard-entropy-min (or pass none)"
+            )
+        if self.guard_success_drop is not None and self.guard_success_drop < 0:
+            raise ConfigError(
+                f"guard_success_drop={self.guard_success_drop} must be >= 0 (absolute success, "
+                "e.g. 0.25) or none"
+            )
+
+    def guard_config(self) -> Any:
+        """The :class:`~agentgym.trainers.stability.CollapseGuardConfig` of ``--guard``."""
+        from agentgym.trainers.stability import CollapseGuardConfig
+
+        return CollapseGuardConfig(
+            entropy_min=self.guard_entropy_min,
+            entropy_max=self.guard_entropy_max,
+            invalid_max=self.guard_invalid_max,
+            success_drop=self.guard_success_drop,
+            patience=self.guard_patience,
+            lr_factor=self.guard_lr_factor,
+            min_lr=self.guard_min_lr,
+        )
 
     # -- what the settings imply --------------------------------------------------------------
     def loss_terms(self) -> tuple[str, ...]:

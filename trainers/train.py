@@ -11,10 +11,12 @@ The run is assembled from small pieces, each in its own module:
 * :mod:`~agentgym.trainers.checkpoint`: checkpoints with manifests, resume bookkeeping;
 * :mod:`~agentgym.trainers.metrics`: metrics, evaluation, logging, the curve.
 
-:func:`train` reads top to bottom: setup -> model (resume, or init + SFT) -> per step: collect ->
-batch -> pieces annotate -> advantages -> samples -> update -> pieces update -> log ->
+:func:`train` reads top to bottom: setup -> model (resume, or init + SFT) -> per step: collect
+(with ``--dynamic-sampling``: drop groups of equal returns, refill) -> batch -> pieces annotate ->
+advantages -> samples -> update -> pieces update -> collapse guard (``--guard``) -> log ->
 checkpoint -> final evaluation and report. It names no algorithm: what a combination needs is
-built by the pieces' registry.
+built by the pieces' registry. The two stability steps live in
+:mod:`~agentgym.trainers.stability_loop` (``docs/stability.md``).
 
 Outputs in ``out``: ``config.json``, ``metrics.jsonl``, ``tb/`` (TensorBoard),
 ``trajectories.jsonl``, ``checkpoints/step_N/`` (model, tokenizer, ``state.pt``,
@@ -27,6 +29,7 @@ import dataclasses
 import importlib
 import os
 import random
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,51 +94,68 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run SFT + RL as configured; return the report (also written to ``out/report.json``)."""
     from tqdm import tqdm
 
-    from agentgym.rollout import rollout
     from agentgym.trainers.checkpoint import rng_state
+    from agentgym.trainers.learner import apply_penalty
     from agentgym.trainers.metrics import eval_record, train_metrics
+    from agentgym.trainers.stability_loop import dynamic_record
 
     run = _open_run(cfg)
     ctx = run.ctx
+    guard = None
     try:
         model, tok, state, last_eval = _model(run)
         policy = _make_policy(cfg, model, tok)
         train_model = ctx.wrap(model)  # DDP wrapper, or `model` sharded in place by FSDP2
         learner = _learner(run, train_model, policy, state)
         start_step = state.get("step", 0)
+        guard = _guard(run, learner, state, start_step)
         bar = tqdm(total=cfg.steps, initial=start_step, desc=cfg.algo, disable=_quiet(run))
         for step in range(start_step + 1, cfg.steps + 1):
             t0 = time.perf_counter()
             # -- collect: rank r plays its block [g0, g1) of whole groups (seeds as in one process)
-            g0, g1 = ctx.shard(cfg.groups_per_step)
             policy.version = step - 1  # updates the weights have had: recorded with each turn
-            with ctx.generation(model):
-                mine = rollout(
-                    run.train_pool,
-                    policy,
-                    num_groups=g1 - g0,
-                    group_size=cfg.group_size,
-                    seed=cfg.seed * 1_000_003 + (step - 1) * cfg.groups_per_step + g0,
-                    history_len=cfg.history_len,
-                    writer=run.writer,
-                    run_id=f"s{step}-r{ctx.rank}" if ctx.enabled else f"s{step}",
-                )
-            mine.sort(key=lambda t: t.id)  # finish order varies; credit and batches must not
+            with ctx.generation(model):  # one block: FSDP2 gathers the weights once per step
+                got = _collect(run, policy, step)
+            mine = got.mine  # sorted by id: finish order varies; credit and batches must not
             t_roll = time.perf_counter() - t0
             # -- batch -> pieces annotate -> advantages -> samples -> update -> pieces update
             t1 = time.perf_counter()
-            learned = learner.learn(step, mine)
+            dyn = dynamic_record(ctx, got.stats) if got.stats is not None else {}
+            learned = None
+            if not dyn or dyn["dynamic/kept"]:
+                learned = learner.learn(step, mine)
+            elif ctx.is_main:  # every rank skips: the kept count is summed over ranks
+                print(
+                    f"dynamic sampling: step {step}: no group with unequal returns in "
+                    f"{dyn['dynamic/drawn']} drawn ({dyn['dynamic/rounds']} rounds); no update",
+                    file=sys.stderr,
+                    flush=True,
+                )
             model.eval()
             # -- log ---------------------------------------------------------------------------
             times = ctx.all_reduce([t_roll, time.perf_counter() - t1], op="max")  # slowest rank
+            stats = learned.stats if learned is not None else {}
+            samples = learned.samples if learned is not None else []
+            shaped = apply_penalty(got.played, cfg.invalid_penalty)  # all played, dropped too
             record: dict[str, Any] = {
                 "step": step,
-                **train_metrics(ctx, mine, learned.shaped, learned.samples),
-                **{f"loss/{k}": v for k, v in learned.stats.items()},
-                **{(k if "/" in k else f"credit/{k}"): v for k, v in learned.extra.items()},
+                **train_metrics(ctx, got.played, shaped, samples),
+                **{f"loss/{k}": v for k, v in stats.items()},
+                **({} if learned is None else _extra_record(learned.extra)),
+                **dyn,
+                **({"dynamic/skipped": int(learned is None)} if dyn else {}),
                 "time/rollout_s": times[0],
                 "time/update_s": times[1],
             }
+            if guard is not None:
+                record.update(
+                    guard.check(
+                        step,
+                        entropy=stats.get("entropy"),
+                        invalid=1.0 - record["train/format_ok"],
+                        success=record["train/success"],
+                    )
+                )
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                 record.update(eval_record(run.evaluate(policy)))
             run.logger.log(record)
@@ -144,13 +164,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             bar.update(1)
             bar.set_postfix(
                 success=f"{record['train/success']:.2f}",
-                loss=f"{learned.stats.get('loss', 0):.3f}",
+                loss=f"{stats.get('loss', 0):.3f}",
                 **({"eval": f"{record['eval/success']:.2f}"} if "eval/success" in record else {}),
             )
             # -- checkpoint ----------------------------------------------------------------------
             if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps:
                 state_out = {k: v for k, v in state.items() if k not in ("optimizer", "rng")}
                 state_out.update(step=step, rng=rng_state(policy, learner.shuffle_rng))
+                if guard is not None:
+                    state_out["guard"] = guard.state_dict()
                 _save(run, step, model, learner, tok, state_out)
         bar.close()
         # -- final evaluation ------------------------------------------------------------------
@@ -160,7 +182,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         ctx.save_pretrained(model, tok, run.out / "model")  # rank 0 writes
     finally:
         run.close()
-    return _report(run, state, final)
+    return _report(run, state, final, guard)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -427,6 +449,57 @@ def _learner(run: _Run, train_model: Any, policy: Any, state: dict[str, Any]) ->
     return learner
 
 
+def _collect(run: _Run, policy: Any, step: int) -> Any:
+    """This rank's episodes of RL ``step``: its block of whole groups, refilled with fresh tasks
+    under ``--dynamic-sampling`` (:func:`~agentgym.trainers.stability_loop.collect_groups`)."""
+    from agentgym.rollout import rollout
+    from agentgym.trainers.stability_loop import collect_groups, task_seed
+
+    cfg, ctx = run.cfg, run.ctx
+    g0, g1 = ctx.shard(cfg.groups_per_step)
+    # Without dynamic sampling episodes are written as they end; with it, once kept or dropped.
+    live_writer = None if cfg.dynamic_sampling else run.writer
+
+    def play(n: int, round_: int, run_id: str) -> list[Any]:
+        return rollout(
+            run.train_pool,
+            policy,
+            num_groups=n,
+            group_size=cfg.group_size,
+            seed=task_seed(cfg.seed, step, cfg.groups_per_step, g0, round_),
+            history_len=cfg.history_len,
+            writer=live_writer,
+            run_id=run_id,
+        )
+
+    return collect_groups(
+        play,
+        num_groups=g1 - g0,
+        run_id=f"s{step}-r{ctx.rank}" if ctx.enabled else f"s{step}",
+        dynamic=cfg.dynamic_sampling,
+        max_rounds=cfg.dynamic_max_rounds,
+        penalty=cfg.invalid_penalty,
+        writer=run.writer,
+    )
+
+
+def _extra_record(extra: dict[str, float]) -> dict[str, float]:
+    """The credit pieces' metrics, under ``credit/`` unless they name their own prefix."""
+    return {(k if "/" in k else f"credit/{k}"): v for k, v in extra.items()}
+
+
+def _guard(run: _Run, learner: Any, state: dict[str, Any], start_step: int) -> Any:
+    """The collapse guard of ``--guard`` (``None`` when off), its counters restored on resume
+    and its first snapshot taken of the weights the RL steps start from."""
+    from agentgym.trainers.stability_loop import LoopGuard
+
+    if not run.cfg.guard:
+        return None
+    guard = LoopGuard(run.cfg, learner.model, learner.optimizer, is_main=run.ctx.is_main)
+    guard.start(start_step, state.get("guard"))
+    return guard
+
+
 def _save(run: _Run, step: int, model: Any, learner: Any, tok: Any, state: dict[str, Any]) -> None:
     """Checkpoint ``step``: weights, optimizer, RNGs and every piece's state (rank 0 writes;
     under torchrun every rank's RNG, FSDP2's full weights and AdamW state are gathered)."""
@@ -454,7 +527,9 @@ def _save(run: _Run, step: int, model: Any, learner: Any, tok: Any, state: dict[
     ctx.barrier()
 
 
-def _report(run: _Run, state: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
+def _report(
+    run: _Run, state: dict[str, Any], final: dict[str, Any], guard: Any = None
+) -> dict[str, Any]:
     """``report.json`` (rank 0 writes it and ``curve.png``); returned on every rank."""
     from agentgym.trainers.checkpoint import checkpoint_step
     from agentgym.trainers.metrics import plot_curve, success_summary
@@ -493,6 +568,8 @@ def _report(run: _Run, state: dict[str, Any], final: dict[str, Any]) -> dict[str
         "seed": cfg.seed,
         "steps": cfg.steps,
         "resumed_from": checkpoint_step(run.checkpoint) if run.checkpoint else None,
+        # restores over the whole run (resumed parts included); None: --guard was off
+        "guard/restores": guard.guard.restores if guard is not None else None,
         # every part of a resumed run counts (its first run and each --resume)
         "wall_time_s": round(sum(parts), 1),
         "wall_time_parts_s": parts,
