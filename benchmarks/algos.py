@@ -88,10 +88,10 @@ def _curve(records: Sequence[dict[str, Any]], key: str = "eval/success") -> dict
 
 
 def _env_metric_keys(records: Sequence[dict[str, Any]]) -> list[str]:
-    """The env's own metrics a run logged (``eval/<name>`` other than ``eval/success``)."""
-    return sorted(
-        {k[5:] for r in records for k in r if k.startswith("eval/") and k != "eval/success"}
-    )
+    """The env's own metrics a run logged (``eval/<name>`` other than the trainer's success and
+    its interval bounds)."""
+    own = {"eval/success", "eval/success_lo", "eval/success_hi"}
+    return sorted({k[5:] for r in records for k in r if k.startswith("eval/") and k not in own})
 
 
 def _step_group_means(records: Sequence[dict[str, Any]]) -> dict[str, float] | None:
