@@ -614,4 +614,6 @@ def _make_policy(cfg: TrainConfig, model: Any, tok: Any) -> Any:
         history_len=cfg.history_len,
         max_prompt_tokens=cfg.max_prompt_tokens,
         name="train",
+        context=cfg.context,
+        drift_check=cfg.drift_check,
     )
