@@ -268,3 +268,22 @@ def test_builtin_smollm2_template_matches(tmp_path):
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     _, drifts = _play(tok, REPLIES)
     assert drifts == [None] * (len(REPLIES) + 1)
+
+
+@pytest.mark.parametrize("algo", ["grpo", "rloo", "ppo", "spa"])
+def test_every_estimator_trains_in_conversation_mode(tmp_path, tiny_dir, algo):
+    """One update per estimator (GiGPO is the run above): the samples have the turn boundaries
+    of step-wise mode, so the critic (ppo) and progress model (spa) read the kept prefixes."""
+    from test_train import _small
+
+    from agentgym.trainers.train import train
+
+    out = tmp_path / algo
+    cfg = _small(
+        out, tiny_dir, algo=algo, context="conversation", steps=1, save_every=0, kl_coef=0.0
+    )
+    train(cfg)
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss/loss" in m] == [1]
+    turns = [json.loads(x)["turns"] for x in (out / "trajectories.jsonl").read_text().splitlines()]
+    assert all("window_start" in t["info"]["policy"] for ts in turns for t in ts)
