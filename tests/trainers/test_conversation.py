@@ -287,3 +287,28 @@ def test_every_estimator_trains_in_conversation_mode(tmp_path, tiny_dir, algo):
     assert [m["step"] for m in metrics if "loss/loss" in m] == [1]
     turns = [json.loads(x)["turns"] for x in (out / "trajectories.jsonl").read_text().splitlines()]
     assert all("window_start" in t["info"]["policy"] for ts in turns for t in ts)
+
+
+def test_sft_prompts_in_conversation_mode_are_the_conversation(tiny_dir):
+    """The warm start trains on the prompts the RL policy will see: the conversation so far,
+    with the moves played as earlier replies."""
+    import test_train  # noqa: F401  (registers test/Signs-v0)
+
+    from agentgym.trainers.sft import collect_expert_pairs
+
+    pairs, won = collect_expert_pairs(
+        "test/Signs-v0",
+        episodes=2,
+        env_kwargs={"rooms": 3},
+        backend="sync",
+        context="conversation",
+    )
+    assert won == 1.0 and len(pairs) == 6
+    msgs, label = pairs[2]  # the third room of the first episode
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert msgs[2]["content"] == f"<action>{pairs[0][1]}</action>"
+    assert "room 3." in msgs[-1]["content"] and label.startswith("open ")
+    step = collect_expert_pairs(
+        "test/Signs-v0", episodes=1, env_kwargs={"rooms": 3}, backend="sync"
+    )
+    assert [m["role"] for m in step[0][2][0]] == ["system", "user"]
