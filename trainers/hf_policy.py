@@ -29,7 +29,8 @@ from typing import Any
 from agentgym.decoding import SamplingParams, decode
 from agentgym.models import load_model, resolve_device
 from agentgym.policies import PolicyOutput, TurnContext, build_messages, parse_action
-from agentgym.trainers.conversation import CONTEXTS, DRIFT_CHECKS, Conversation, DriftError, log
+from agentgym.trainers.conversation import CONTEXTS, DRIFT_CHECKS, Conversation, DriftError
+from agentgym.trainers.conversation import log as conversation_log
 
 __all__ = ["HFPolicy", "load_model", "resolve_device"]
 
@@ -178,7 +179,9 @@ class HFPolicy:
             raise DriftError(found.message())
         if not ctx.memory.get("drift_logged"):
             ctx.memory["drift_logged"] = True
-            log.warning("%s (env %s; logged once per episode)", found.message(), ctx.env_id)
+            conversation_log.warning(
+                "%s (env %s; logged once per episode)", found.message(), ctx.env_id
+            )
         return {"drift": True}
 
     def generate(self, prompts: Sequence[list[int]]) -> tuple[list[list[int]], list[list[float]]]:

@@ -312,3 +312,18 @@ def test_sft_prompts_in_conversation_mode_are_the_conversation(tiny_dir):
         "test/Signs-v0", episodes=1, env_kwargs={"rooms": 3}, backend="sync"
     )
     assert [m["role"] for m in step[0][2][0]] == ["system", "user"]
+
+
+def test_a_retried_turn_replaces_the_pending_one_and_a_tiny_budget_cuts(tiny_dir):
+    from agentgym.trainers.conversation import Conversation
+    from agentgym.trainers.tiny_model import CHATML_TEMPLATE
+
+    tok = _tokenizer(tiny_dir, CHATML_TEMPLATE)
+    conv, _ = _play(tok, REPLIES[:1])
+    before = list(conv.ids)
+    conv.observe(_obs(1), 1)  # the policy call of turn 1 asked again
+    assert conv.ids == before and len(conv.turns) == 2
+    header = Conversation(tok)
+    header.observe(_obs(0))
+    small = header.prompt(10)
+    assert small.cut and len(small.ids) == 10 and small.window_start == 0
