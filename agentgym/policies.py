@@ -52,6 +52,9 @@ class TurnContext:
     history: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     turn: int = 0
     expert_action: str | None = None  # filled by the rollout only for policies that ask for it
+    #: the policy's own data about this episode, kept by the rollout from turn to turn (one
+    #: context per episode): a conversation-mode policy keeps the episode's token ids here.
+    memory: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def task(self) -> str:

@@ -103,7 +103,23 @@ class TrainConfig:
     max_new_tokens: int = _f(16, "reply budget per turn (tokens)")
     temperature: float = _f(0.7, "sampling temperature during training")
     history_len: int = _f(1, "(observation, action) pairs of history in each prompt")
-    max_prompt_tokens: int = _f(1024, "longer prompts keep their last tokens")
+    max_prompt_tokens: int = _f(
+        1024,
+        "longer prompts keep their last tokens (conversation: the oldest whole turns leave the "
+        "window first)",
+    )
+    context: str = _f(
+        "stepwise",
+        "stepwise (each turn prompted anew: task, last history_len turns, observation) | "
+        "conversation (the episode is one token sequence in the chat template; docs/conversation.md)",
+        choices=("stepwise", "conversation"),
+    )
+    drift_check: str = _f(
+        "error",
+        "conversation: when the kept tokens differ from a fresh rendering of the chat template, "
+        "error | log | off",
+        choices=("error", "log", "off"),
+    )
     invalid_penalty: float = _f(0.1, "subtracted from a turn's reward when the reply has no action")
     # -- credit assignment --------------------------------------------------------------------
     gamma: float = _f(0.95, "discount of per-turn returns (GiGPO step groups)")
@@ -200,6 +216,15 @@ class TrainConfig:
             raise ConfigError(
                 f"temperature={self.temperature}: RL needs sampling, use a value > 0 (e.g. 1.0); "
                 "evaluation is greedy anyway"
+            )
+        if self.context not in ("stepwise", "conversation"):
+            raise ConfigError(
+                f"context={self.context!r}: use --context stepwise or --context conversation"
+            )
+        if self.drift_check not in ("error", "log", "off"):
+            raise ConfigError(
+                f"drift_check={self.drift_check!r}: use --drift-check error, --drift-check log "
+                "or --drift-check off"
             )
         if self.adv_norm not in ("std", "mean"):
             raise ConfigError(f"adv_norm={self.adv_norm!r}: use 'std' or 'mean'")

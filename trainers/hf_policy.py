@@ -7,6 +7,11 @@ log-probability of every sampled token under the sampling distribution (logits d
 temperature, as the trainer recomputes them), so PPO can form importance ratios without a second
 forward pass. ``PolicyOutput.extras`` carries ``prompt_ids``, ``response_ids`` and ``logprobs``.
 
+With ``context="conversation"`` the episode is instead one token sequence that grows turn by turn
+(:mod:`agentgym.trainers.conversation`): the prompt of a turn is the kept conversation so far, the
+sampled ids are kept as drawn, and ``extras`` adds ``window_start`` (the first turn still in the
+context window) and, when the drift check only logs, ``drift``.
+
 Loading and decoding are the core's, shared with ``agentgym serve``:
 :func:`agentgym.models.load_model` and :func:`agentgym.decoding.decode`, which keeps the log-probs
 exact and draws from this policy's private ``torch.Generator``, so a run is reproducible from its
@@ -24,6 +29,8 @@ from typing import Any
 from agentgym.decoding import SamplingParams, decode
 from agentgym.models import load_model, resolve_device
 from agentgym.policies import PolicyOutput, TurnContext, build_messages, parse_action
+from agentgym.trainers.conversation import CONTEXTS, DRIFT_CHECKS, Conversation, DriftError
+from agentgym.trainers.conversation import log as conversation_log
 
 __all__ = ["HFPolicy", "load_model", "resolve_device"]
 
@@ -37,7 +44,13 @@ class HFPolicy:
         max_new_tokens: reply budget per turn (reasoning + tagged action).
         temperature: sampling temperature; ``0`` is greedy (evaluation).
         history_len: (observation, action) pairs of history in each prompt.
-        max_prompt_tokens: longer prompts keep their last tokens (the current observation).
+        max_prompt_tokens: longer prompts keep their last tokens (the current observation);
+            in conversation mode the oldest whole turns leave the context window first.
+        context: ``"stepwise"`` (each turn prompted from scratch) or ``"conversation"`` (the
+            episode is one token sequence; ``history_len`` is then unused).
+        drift_check: conversation mode: on a mismatch between the kept tokens and a fresh
+            rendering, ``"error"`` raises :class:`DriftError`, ``"log"`` logs it once per
+            episode and marks the turn, ``"off"`` does not compare.
     """
 
     needs_expert = False
@@ -53,11 +66,19 @@ class HFPolicy:
         history_len: int = 2,
         max_prompt_tokens: int = 1024,
         name: str = "hf",
+        context: str = "stepwise",
+        drift_check: str = "error",
     ) -> None:
         import torch
 
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if context not in CONTEXTS:
+            raise ValueError(f"context={context!r}: use one of {', '.join(CONTEXTS)}")
+        if drift_check not in DRIFT_CHECKS:
+            raise ValueError(f"drift_check={drift_check!r}: use one of {', '.join(DRIFT_CHECKS)}")
+        self.context = context
+        self.drift_check = drift_check
         self.model = model
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
@@ -86,6 +107,8 @@ class HFPolicy:
         temperature: float = 1.0,
         history_len: int = 2,
         max_prompt_tokens: int = 1024,
+        context: str = "stepwise",
+        drift_check: str = "error",
     ) -> HFPolicy:
         model, tok = load_model(path, device=device, dtype=dtype, lora=lora)
         model.eval()
@@ -98,6 +121,8 @@ class HFPolicy:
             history_len=history_len,
             max_prompt_tokens=max_prompt_tokens,
             name=f"hf:{Path(path).name}",
+            context=context,
+            drift_check=drift_check,
         )
 
     # -- prompts ------------------------------------------------------------------------------
@@ -111,10 +136,53 @@ class HFPolicy:
 
     # -- acting -------------------------------------------------------------------------------
     def act(self, contexts: Sequence[TurnContext]) -> list[PolicyOutput]:
+        if self.context == "conversation":
+            return self._act_conversation(contexts)
         prompts = [self.prompt_ids(c) for c in contexts]
         responses, logprobs = self.generate(prompts)
         version = {} if self.version is None else {"policy_version": self.version}
         return decode_outputs(self.tokenizer, prompts, responses, logprobs, **version)
+
+    def _act_conversation(self, contexts: Sequence[TurnContext]) -> list[PolicyOutput]:
+        """One turn of each episode's conversation: the new observation is appended to the kept
+        tokens, the model decodes from them, and its sampled ids are appended as drawn."""
+        convs, prompts, notes = [], [], []
+        for ctx in contexts:
+            conv = ctx.memory.get("conversation")
+            if conv is None:
+                conv = ctx.memory["conversation"] = Conversation(self.tokenizer)
+            conv.observe(ctx.observation, ctx.turn)
+            prompt = conv.prompt(self.max_prompt_tokens)
+            note: dict[str, object] = {"window_start": prompt.window_start}
+            if prompt.cut:
+                note["prompt_cut"] = True
+            if self.drift_check != "off":
+                note.update(self._check_drift(conv, ctx))
+            convs.append(conv)
+            prompts.append(prompt.ids)
+            notes.append(note)
+        responses, logprobs = self.generate(prompts)
+        for conv, r in zip(convs, responses):
+            conv.reply(r)
+        version = {} if self.version is None else {"policy_version": self.version}
+        outs = decode_outputs(self.tokenizer, prompts, responses, logprobs, **version)
+        for o, note in zip(outs, notes):
+            o.extras.update(note)
+        return outs
+
+    def _check_drift(self, conv: Conversation, ctx: TurnContext) -> dict[str, bool]:
+        """The drift check of one turn: raise, or log once per episode and mark the turn."""
+        found = conv.drift()
+        if found is None:
+            return {}
+        if self.drift_check == "error":
+            raise DriftError(found.message())
+        if not ctx.memory.get("drift_logged"):
+            ctx.memory["drift_logged"] = True
+            conversation_log.warning(
+                "%s (env %s; logged once per episode)", found.message(), ctx.env_id
+            )
+        return {"drift": True}
 
     def generate(self, prompts: Sequence[list[int]]) -> tuple[list[list[int]], list[list[float]]]:
         """Decode a batch of prompts together; response ids (ending with eos when the reply

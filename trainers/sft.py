@@ -4,7 +4,9 @@ The env's expert (:class:`agentgym.policies.ExpertPolicy`) plays episodes throug
 :class:`~agentgym.pool.EnvPool` + :func:`~agentgym.rollout.rollout` path. A recording wrapper
 keeps, for every turn where the expert knew a move, the chat messages the policy would see
 (:func:`agentgym.policies.build_messages`, same history length) and the reply
-``<action>a</action>``. Training is next-token cross-entropy on the reply tokens only (the
+``<action>a</action>``. With ``context="conversation"`` the messages are instead the episode's
+conversation so far (system prompt, the env's messages and the moves played as replies), the
+prompt a conversation-mode policy sees (:mod:`agentgym.trainers.conversation`). Training is next-token cross-entropy on the reply tokens only (the
 prompt's labels are ``-100``), averaged over all reply tokens of a batch, with the same
 micro-batching rule as the RL loss (normalise by the global token count).
 """
@@ -54,24 +56,44 @@ class _PromptingExpert:
 
     needs_expert = True
 
-    def __init__(self, history_len: int, seed: int, explore: float = 0.0) -> None:
+    def __init__(
+        self, history_len: int, seed: int, explore: float = 0.0, context: str = "stepwise"
+    ) -> None:
         self.inner = ExpertPolicy(seed)
         self.name = "expert"
         self.history_len = history_len
         self.explore = explore
+        self.context = context
         self.rng = random.Random(seed + 1)
 
     def act(self, contexts: Sequence[TurnContext]) -> list[PolicyOutput]:
         outs = self.inner.act(contexts)
         for ctx, o in zip(contexts, outs):
-            o.extras["messages"] = build_messages(ctx, history_len=self.history_len)
+            o.extras["messages"] = self._messages(ctx)
             o.extras["label"] = o.action
             acts = ctx.observation.admissible_actions
             if self.explore > 0 and acts and self.rng.random() < self.explore:
                 o.action = self.rng.choice(acts)
                 o.response = f"<action>{o.action}</action>"
                 o.extras["explored"] = True
+            if self.context == "conversation":  # the move played is the reply that stays
+                ctx.memory["messages"].append({"role": "assistant", "content": o.response})
         return outs
+
+    def _messages(self, ctx: TurnContext) -> list[dict[str, str]]:
+        """The prompt's messages: step-wise, or the conversation so far (kept in the episode's
+        ``ctx.memory``) with this turn's env message."""
+        if self.context != "conversation":
+            return build_messages(ctx, history_len=self.history_len)
+        from agentgym.trainers.conversation import CONVERSATION_SYSTEM_PROMPT, observation_message
+
+        msgs = ctx.memory.setdefault(
+            "messages", [{"role": "system", "content": CONVERSATION_SYSTEM_PROMPT}]
+        )
+        msgs.append(
+            {"role": "user", "content": observation_message(ctx.observation, first=not ctx.turn)}
+        )
+        return list(msgs)
 
 
 def collect_expert_pairs(
@@ -85,6 +107,7 @@ def collect_expert_pairs(
     backend: str = "process",
     only_won: bool = True,
     explore: float = 0.0,
+    context: str = "stepwise",
 ) -> tuple[list[tuple[list[dict[str, str]], str]], float]:
     """Roll out the expert; return its (messages, expert action) pairs and its success rate.
 
@@ -93,14 +116,15 @@ def collect_expert_pairs(
     random admissible action instead of the expert's at each turn (labels stay the expert's;
     see :class:`_PromptingExpert`); then ``only_won`` does not apply, since every label is the
     expert's move from a state it still knew how to win from, and the success rate reported is
-    that of the noisy expert.
+    that of the noisy expert. ``context``: the prompts of a ``stepwise`` or ``conversation``
+    policy.
     """
     from agentgym.pool import EnvPool
     from agentgym.rollout import rollout
 
     if not 0.0 <= explore < 1.0:
         raise ValueError(f"explore must be in [0, 1), got {explore}")
-    policy = _PromptingExpert(history_len, seed, explore)
+    policy = _PromptingExpert(history_len, seed, explore, context)
     with EnvPool(
         env_id, num_envs=min(num_envs, episodes), backend=backend, env_kwargs=env_kwargs or {}
     ) as pool:

@@ -370,6 +370,7 @@ def _sft(run: _Run, model: Any, tok: Any, policy0: Any, state: dict[str, Any]) -
         num_envs=cfg.num_envs,
         backend=cfg.backend,
         explore=cfg.sft_explore,
+        context=cfg.context,
     )
     examples = [
         encode_example(tok, m, a, max_prompt_tokens=cfg.max_prompt_tokens) for m, a in pairs
@@ -614,4 +615,6 @@ def _make_policy(cfg: TrainConfig, model: Any, tok: Any) -> Any:
         history_len=cfg.history_len,
         max_prompt_tokens=cfg.max_prompt_tokens,
         name="train",
+        context=cfg.context,
+        drift_check=cfg.drift_check,
     )
