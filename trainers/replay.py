@@ -196,8 +196,7 @@ def format_table(result: Replay) -> str:
             f"{'loss/' + r.name:<22} {num(r.logged):>16} {num(r.replayed):>16} {rel:>10}  {mark}"
         )
     bad = sum(not r.ok for r in result.rows)
-    verdict = (
-        f"step {result.step}: replayed from {result.episodes} episodes, "
-        + ("every statistic matches" if result.ok else f"{bad} statistic(s) differ")
+    verdict = f"step {result.step}: replayed from {result.episodes} episodes, " + (
+        "every statistic matches" if result.ok else f"{bad} statistic(s) differ"
     )
     return "\n".join([*lines, verdict])

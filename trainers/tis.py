@@ -76,7 +76,9 @@ def score_rollout(
     try:
         with torch.no_grad():
             for k in range(num_micro):
-                micro = samples[starts[k] : starts[k] + cfg.micro_batch_size] if k < len(starts) else []
+                micro = (
+                    samples[starts[k] : starts[k] + cfg.micro_batch_size] if k < len(starts) else []
+                )
                 rows = micro or [Sample((pad_id,), (pad_id,), (0.0,), 0.0)]
                 b = collate(rows, pad_id, device)
                 with _autocast(device, cfg.bf16):

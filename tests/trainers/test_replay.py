@@ -4,7 +4,6 @@ and a record changed after the run is caught."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

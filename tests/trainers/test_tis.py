@@ -49,7 +49,7 @@ def _scored(model, seed=0):
     return out
 
 
-def test_clip_term_with_tis_is_the_weighted_surrogate_against_the_trainer_logprobs(tiny):
+def test_clip_term_with_tis_is_the_weighted_surrogate_against_the_trainer_logprobs(tiny):  # noqa: F811
     samples = _scored(tiny)
     cap, band = 1.5, 3.0
     stats = _run(tiny, samples, [ClipTerm(0.2, None, None, cap, band)])
@@ -60,7 +60,7 @@ def test_clip_term_with_tis_is_the_weighted_surrogate_against_the_trainer_logpro
     assert stats["pg_loss"] == pytest.approx(float(mean(pg * w)), rel=1e-5, abs=1e-7)
 
 
-def test_switched_off_the_clip_term_is_plain_ppo_against_the_behaviour_logprobs(tiny):
+def test_switched_off_the_clip_term_is_plain_ppo_against_the_behaviour_logprobs(tiny):  # noqa: F811
     samples = _scored(tiny)
     assert default_terms(PPOConfig())[0] == ClipTerm(0.2, 3.0, None, None, None)
     stats = _run(tiny, samples, [ClipTerm(0.2, 3.0)])
