@@ -173,7 +173,7 @@ def replay(
         ctx.close()
     replayed = learned.stats
     rows = []
-    for name in sorted(set(logged) | set(replayed)):
+    for name in sorted(logged):  # what the run logged (an older run may have logged less)
         a, b = logged.get(name), replayed.get(name)
         ok = a is not None and b is not None and _close(a, float(b), rtol, atol)
         rows.append(ReplayRow(name, a, None if b is None else float(b), ok))
