@@ -1,4 +1,5 @@
-"""CLI of the trainers: ``agentgym train``, ``agentgym sft`` and ``agentgym model init|list|prepare``.
+"""CLI of the trainers: ``agentgym train``, ``agentgym sft``, ``agentgym replay`` and
+``agentgym model init|list|prepare``.
 
 The flags of ``train`` and ``sft`` are generated from the fields of
 :class:`agentgym.trainers.train.TrainConfig` (``seed`` -> ``--seed``, ``group_size`` ->
@@ -108,6 +109,14 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from agentgym.trainers.replay import format_table, replay
+
+    result = replay(args.run, args.step, rtol=args.rtol, atol=args.atol, device=args.device)
+    print(format_table(result))
+    return 0 if result.ok else 1
+
+
 def cmd_model_init(args: argparse.Namespace) -> int:
     import agentgym
     from agentgym.trainers.tiny_model import collect_env_texts, init_model
@@ -175,6 +184,21 @@ def add_cli(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
     add_config_flags(s, skip=("steps",))
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(func=cmd_sft)
+
+    r = sub.add_parser(
+        "replay",
+        help="recompute one RL step's loss and gradient norm from a run's records and compare "
+        "with the logged values (needs --save-every 1)",
+        description="Recompute step N of a training run from trajectories.jsonl and the checkpoint "
+        "saved after step N-1, and compare its loss/* statistics with metrics.jsonl. Exit 0 when "
+        "every one matches within tolerance, 1 otherwise.",
+    )
+    r.add_argument("run", help="the run folder (`agentgym train --out`)")
+    r.add_argument("--step", type=int, required=True, help="the RL step to replay (>= 2)")
+    r.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default: 1e-5)")
+    r.add_argument("--atol", type=float, default=1e-7, help="absolute tolerance (default: 1e-7)")
+    r.add_argument("--device", help="torch device (default: the run's)")
+    r.set_defaults(func=cmd_replay)
 
     model = subgroup(sub, groups, "model", "build and inspect models")
     m = model.add_parser("init", help="build a tiny HF causal LM + tokenizer from env text")

@@ -157,6 +157,17 @@ class TrainConfig:
     entropy_coef: float = _f(0.0, "entropy bonus")
     loss_agg: str = _f("token-mean", "loss aggregation: token-mean | seq-mean-token-mean")
     max_grad_norm: float = _f(1.0, "gradient clipping norm")
+    tis_cap: float | None = _f(
+        None,
+        "train/inference mismatch correction: the PPO ratio uses the trainer's own log-probs of "
+        "the rollout and each token's loss is weighed by min(exp(trainer - behaviour logp), "
+        "tis_cap), e.g. 2.0 for a vLLM rollout (None: off)",
+    )
+    tis_mask: float | None = _f(
+        None,
+        "mismatch correction: drop tokens whose trainer/behaviour probability ratio is outside "
+        "[1/tis_mask, tis_mask], e.g. 5.0 (None: off)",
+    )
     bf16: bool = _f(True, "bf16 autocast (GPU only; ignored on CPU)")
     dist: str = _f(
         "ddp",
@@ -239,6 +250,16 @@ class TrainConfig:
             )
         if self.dual_clip is not None and self.dual_clip <= 1.0:
             raise ConfigError(f"dual_clip={self.dual_clip} must be > 1 (e.g. 3.0) or None")
+        if self.tis_cap is not None and self.tis_cap < 1.0:
+            raise ConfigError(
+                f"tis_cap={self.tis_cap} must be >= 1 (a cap on the importance weight): pass "
+                "e.g. --tis-cap 2.0, or none to switch the correction off"
+            )
+        if self.tis_mask is not None and self.tis_mask <= 1.0:
+            raise ConfigError(
+                f"tis_mask={self.tis_mask} must be > 1 (the band is [1/tis_mask, tis_mask]): "
+                "pass e.g. --tis-mask 5.0, or none to switch masking off"
+            )
         if self.dist not in ("ddp", "fsdp"):
             raise ConfigError(f"dist={self.dist!r}: use 'ddp' or 'fsdp'")
         if self.steps < 0 or self.groups_per_step < 1 or self.max_new_tokens < 1:
@@ -382,6 +403,8 @@ class TrainConfig:
             max_grad_norm=self.max_grad_norm,
             temperature=self.temperature,
             bf16=self.bf16,
+            tis_cap=self.tis_cap,
+            tis_mask=self.tis_mask,
         )
 
     def credit_config(self) -> Any:

@@ -4,7 +4,8 @@
 KL reference, the credit pieces, the minibatch shuffler) and :meth:`Learner.learn` runs, in order:
 
     batch (every rank's episodes) -> invalid-format penalty -> reward transforms
-    -> pieces annotate -> advantages -> samples (this rank's turns) -> loss terms
+    -> pieces annotate -> advantages -> samples (this rank's turns) -> the trainer's scoring of
+    the rollout (train/inference mismatch, :mod:`~agentgym.trainers.tis`) -> loss terms
     -> PPO-style update -> pieces update
 
 Under torchrun each rank passes the episodes it played (whole groups); they are gathered in rank
@@ -60,6 +61,7 @@ class Learner:
         )
         from agentgym.trainers.losses import ppo_update
         from agentgym.trainers.terms import default_terms
+        from agentgym.trainers.tis import mismatch_stats, score_rollout
 
         cfg, ctx = self.cfg, self.ctx
         credit_cfg, loss_cfg = cfg.credit_config(), cfg.loss_config()
@@ -74,6 +76,10 @@ class Learner:
             extra.update(metrics)
         advantages = compute_advantages(cfg.algo, batch, credit_cfg)
         samples = samples_of(shaped[lo:hi], advantages[lo:hi])
+        # The trainer's own log-probs at the rollout weights, before any optimizer step: the
+        # mismatch with the engine's is logged every step, and the correction (if on) uses them.
+        samples = score_rollout(self.model, samples, loss_cfg, pad_id=self.pad_id, dist=ctx)
+        mismatch = mismatch_stats(samples, loss_cfg, dist=ctx)
         terms = default_terms(loss_cfg, ref_model=self.ref_model)
         for piece in self.pieces:
             more, metrics = piece.loss_terms(step, cfg.steps)
@@ -89,6 +95,7 @@ class Learner:
             dist=ctx,  # losses normalised over all ranks' tokens
             terms=terms,
         )
+        stats.update(mismatch)
         for piece in self.pieces:
             extra.update(piece.update(batch, shaped))
         return Learned(shaped[lo:hi], samples, stats, extra)

@@ -69,12 +69,22 @@ class Sample:
     #: trajectory id and turn index (used by EPO's trajectory entropy and per-turn history).
     traj: str = ""
     turn: int = -1
+    #: the trainer's own log-probs of the response at the rollout weights
+    #: (:func:`agentgym.trainers.tis.score_rollout`); ``None``: not scored (taken as the behaviour's).
+    rollout_logprobs: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.response_ids) != len(self.old_logprobs):
             raise ValueError(
                 f"a sample has {len(self.response_ids)} response tokens but "
                 f"{len(self.old_logprobs)} log-probs; they must align one to one"
+            )
+        if self.rollout_logprobs is not None and len(self.rollout_logprobs) != len(
+            self.response_ids
+        ):
+            raise ValueError(
+                f"a sample has {len(self.response_ids)} response tokens but "
+                f"{len(self.rollout_logprobs)} trainer log-probs; they must align one to one"
             )
 
 
@@ -100,8 +110,17 @@ class PPOConfig:
     epo_smooth_coef: float = 0.0
     epo_k_low: float = 0.2
     epo_k_high: float = 0.2
+    #: train/inference mismatch correction (agentgym.trainers.tis): the truncation cap of the
+    #: per-token importance weight and the band [1/tis_mask, tis_mask] outside which tokens are
+    #: dropped; both None: off (plain PPO against the behaviour log-probs).
+    tis_cap: float | None = None
+    tis_mask: float | None = None
 
     def __post_init__(self) -> None:
+        if self.tis_cap is not None and self.tis_cap < 1.0:
+            raise ValueError(f"tis_cap must be >= 1 (e.g. 2.0) or None, got {self.tis_cap}")
+        if self.tis_mask is not None and self.tis_mask <= 1.0:
+            raise ValueError(f"tis_mask must be > 1 (e.g. 5.0) or None, got {self.tis_mask}")
         if self.agg not in AGG_MODES:
             raise ValueError(f"unknown loss aggregation {self.agg!r}: use one of {AGG_MODES}")
         if self.dual_clip is not None and self.dual_clip <= 1.0:
@@ -166,7 +185,9 @@ def collate(samples: Sequence[Sample], pad_id: int, device: Any = "cpu") -> dict
     """Right-pad ``prompt + response`` rows; per-token tensors are aligned to logit positions.
 
     Returns ``input_ids``, ``attention_mask`` (``[B, L]``) and ``targets``, ``mask``,
-    ``old_logp``, ``adv`` (``[B, L-1]``: position ``t`` scores token ``t + 1``).
+    ``old_logp``, ``rollout_logp``, ``adv`` (``[B, L-1]``: position ``t`` scores token ``t + 1``);
+    ``rollout_logp`` is the trainer's scoring of the rollout where a sample has one, else the
+    behaviour log-probs.
     """
     width = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
     n = len(samples)
@@ -174,6 +195,7 @@ def collate(samples: Sequence[Sample], pad_id: int, device: Any = "cpu") -> dict
     att = torch.zeros((n, width), dtype=torch.long)
     mask = torch.zeros((n, width - 1))
     old = torch.zeros((n, width - 1))
+    rollout = torch.zeros((n, width - 1))
     adv = torch.zeros((n, width - 1))
     for i, s in enumerate(samples):
         p, r = len(s.prompt_ids), len(s.response_ids)
@@ -181,6 +203,8 @@ def collate(samples: Sequence[Sample], pad_id: int, device: Any = "cpu") -> dict
         att[i, : p + r] = 1
         mask[i, p - 1 : p - 1 + r] = 1.0
         old[i, p - 1 : p - 1 + r] = torch.tensor(s.old_logprobs, dtype=torch.float32)
+        scored = s.old_logprobs if s.rollout_logprobs is None else s.rollout_logprobs
+        rollout[i, p - 1 : p - 1 + r] = torch.tensor(scored, dtype=torch.float32)
         adv[i, p - 1 : p - 1 + r] = s.advantage
     batch = {
         "input_ids": ids,
@@ -188,6 +212,7 @@ def collate(samples: Sequence[Sample], pad_id: int, device: Any = "cpu") -> dict
         "targets": ids[:, 1:].clone(),
         "mask": mask,
         "old_logp": old,
+        "rollout_logp": rollout,
         "adv": adv,
     }
     return {k: v.to(device) for k, v in batch.items()}

@@ -79,23 +79,42 @@ class _Stateless:
 
 @dataclasses.dataclass
 class ClipTerm(_Stateless):
-    """PPO's clipped surrogate (with the optional dual clip): ``pg_loss``, ``clipfrac``."""
+    """PPO's clipped surrogate (with the optional dual clip): ``pg_loss``, ``clipfrac``.
+
+    With the mismatch correction on (``tis_cap`` or ``tis_mask`` set, see
+    :mod:`agentgym.trainers.tis`) the ratio's old log-probs are the trainer's own scoring of the
+    rollout (``rollout_logp``) and each token's loss is weighed by its truncated importance weight
+    against the behaviour log-probs; off, this is plain PPO against the behaviour log-probs."""
 
     clip_eps: float = 0.2
     dual_clip: float | None = None
     clip_eps_high: float | None = None  # clip-higher; None: symmetric
+    tis_cap: float | None = None
+    tis_mask: float | None = None
+
+    @property
+    def corrects(self) -> bool:
+        """Whether the train/inference mismatch correction is on."""
+        return self.tis_cap is not None or self.tis_mask is not None
 
     def __call__(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
         from agentgym.trainers.losses import ppo_clip_loss
+        from agentgym.trainers.tis import tis_weights
 
+        b = mb.batch
         pg, clipped = ppo_clip_loss(
             mb.logp,
-            mb.batch["old_logp"],
-            mb.batch["adv"],
+            b["rollout_logp"] if self.corrects else b["old_logp"],
+            b["adv"],
             clip_eps=self.clip_eps,
             dual_clip=self.dual_clip,
             clip_eps_high=self.clip_eps_high,
         )
+        if self.corrects:
+            weight, _, _ = tis_weights(
+                b["rollout_logp"], b["old_logp"], cap=self.tis_cap, mask=self.tis_mask
+            )
+            pg = pg * weight
         loss = mb.agg(pg)
         return loss, {"pg_loss": float(loss.detach()), "clipfrac": float(mb.agg(clipped))}
 
@@ -200,9 +219,11 @@ class EPOTerm:
 
 def default_terms(cfg: Any, *, ref_model: Any = None, entropy_history: Any = None) -> list[Any]:
     """The terms a :class:`~agentgym.trainers.losses.PPOConfig` asks for, in loss order:
-    clip, entropy (``entropy_coef > 0``), KL (``kl_coef > 0`` and a reference model), EPO
+    clip (with the mismatch correction of ``tis_cap`` / ``tis_mask``), entropy (``entropy_coef > 0``), KL (``kl_coef > 0`` and a reference model), EPO
     (an entropy history given)."""
-    terms: list[Any] = [ClipTerm(cfg.clip_eps, cfg.dual_clip, cfg.clip_eps_high)]
+    terms: list[Any] = [
+        ClipTerm(cfg.clip_eps, cfg.dual_clip, cfg.clip_eps_high, cfg.tis_cap, cfg.tis_mask)
+    ]
     if cfg.entropy_coef:
         terms.append(EntropyTerm(cfg.entropy_coef))
     if cfg.kl_coef and ref_model is not None:
