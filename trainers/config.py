@@ -168,6 +168,11 @@ class TrainConfig:
         "mismatch correction: drop tokens whose trainer/behaviour probability ratio is outside "
         "[1/tis_mask, tis_mask], e.g. 5.0 (None: off)",
     )
+    mismatch_every: int = _f(
+        10,
+        "measure the train/inference log-prob mismatch (loss/mismatch_abs) every N steps, one "
+        "extra forward pass each time (0: never; always on when tis_cap or tis_mask is set)",
+    )
     bf16: bool = _f(True, "bf16 autocast (GPU only; ignored on CPU)")
     dist: str = _f(
         "ddp",
@@ -254,6 +259,11 @@ class TrainConfig:
             raise ConfigError(
                 f"tis_cap={self.tis_cap} must be >= 1 (a cap on the importance weight): pass "
                 "e.g. --tis-cap 2.0, or none to switch the correction off"
+            )
+        if self.mismatch_every < 0:
+            raise ConfigError(
+                f"mismatch_every={self.mismatch_every} must be >= 0: pass e.g. "
+                "--mismatch-every 10, or 0 to never measure it"
             )
         if self.tis_mask is not None and self.tis_mask <= 1.0:
             raise ConfigError(
@@ -385,6 +395,11 @@ class TrainConfig:
             )
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+    @property
+    def tis_on(self) -> bool:
+        """Whether the train/inference mismatch correction is on (it scores every rollout)."""
+        return self.tis_cap is not None or self.tis_mask is not None
 
     def loss_config(self) -> Any:
         """The :class:`~agentgym.trainers.losses.PPOConfig` of the policy update."""

@@ -77,9 +77,12 @@ class Learner:
         advantages = compute_advantages(cfg.algo, batch, credit_cfg)
         samples = samples_of(shaped[lo:hi], advantages[lo:hi])
         # The trainer's own log-probs at the rollout weights, before any optimizer step: the
-        # mismatch with the engine's is logged every step, and the correction (if on) uses them.
-        samples = score_rollout(self.model, samples, loss_cfg, pad_id=self.pad_id, dist=ctx)
-        mismatch = mismatch_stats(samples, loss_cfg, dist=ctx)
+        # correction (if on) uses them every step; without it the mismatch with the engine's is
+        # measured every `mismatch_every` steps (one extra forward pass each time).
+        mismatch: dict[str, float] = {}
+        if cfg.tis_on or (cfg.mismatch_every and (step - 1) % cfg.mismatch_every == 0):
+            samples = score_rollout(self.model, samples, loss_cfg, pad_id=self.pad_id, dist=ctx)
+            mismatch = mismatch_stats(samples, loss_cfg, dist=ctx)
         terms = default_terms(loss_cfg, ref_model=self.ref_model)
         for piece in self.pieces:
             more, metrics = piece.loss_terms(step, cfg.steps)

@@ -22,7 +22,7 @@ def run3(tmp_path_factory, tiny_model):  # noqa: F811
     """Three steps, a checkpoint after each (KL and entropy terms on: the reference model and
     every loss statistic take part)."""
     out = tmp_path_factory.mktemp("replay") / "run"
-    train(_small(out, tiny_model, steps=3, keep_checkpoints=0))
+    train(_small(out, tiny_model, steps=3, keep_checkpoints=0, mismatch_every=1))
     return out
 
 

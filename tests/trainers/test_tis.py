@@ -166,3 +166,20 @@ def test_a_shifted_engine_is_measured_capped_and_masked(tiny_model, rollouts):  
     # corrected, the update is the one of the engine's true numbers, weights aside: it differs
     # from the uncorrected update of the shifted records
     assert on["pg_loss"] != pytest.approx(off["pg_loss"], rel=1e-3)
+
+
+def test_mismatch_is_measured_every_n_steps_without_the_correction(tmp_path, tiny_model):  # noqa: F811
+    """Without TIS the extra scoring pass runs every `mismatch_every` steps only (it costs a
+    forward pass); with TIS it runs every step, since the correction needs it."""
+    import json
+
+    from agentgym.trainers.train import train
+
+    def logged(out):
+        recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return [r["step"] for r in recs if "loss/mismatch_abs" in r]
+
+    train(_small(tmp_path / "a", tiny_model, steps=3, mismatch_every=2))
+    assert logged(tmp_path / "a") == [1, 3]
+    train(_small(tmp_path / "b", tiny_model, steps=2, mismatch_every=0, tis_cap=2.0))
+    assert logged(tmp_path / "b") == [1, 2]
