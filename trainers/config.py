@@ -213,6 +213,11 @@ class TrainConfig:
     # -- evaluation, logging, checkpoints -----------------------------------------------------
     eval_every: int = _f(4, "greedy held-out evaluation every N steps (0: only before/after)")
     eval_episodes: int = _f(64, "held-out episodes per evaluation")
+    eval_temperature: float = _f(
+        0.0,
+        "evaluation sampling temperature (0: greedy); above 0 every evaluation draws from its "
+        "own generator seeded from the evaluation seed, so evaluations pair up",
+    )
     save_every: int = _f(5, "checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk")
     tensorboard: bool = _f(True, "write TensorBoard logs to out/tb")
@@ -259,6 +264,11 @@ class TrainConfig:
             raise ConfigError(
                 f"tis_cap={self.tis_cap} must be >= 1 (a cap on the importance weight): pass "
                 "e.g. --tis-cap 2.0, or none to switch the correction off"
+            )
+        if self.eval_temperature < 0:
+            raise ConfigError(
+                f"eval_temperature={self.eval_temperature} must be >= 0: pass 0 for greedy "
+                "evaluation or e.g. --eval-temperature 1.0 to sample"
             )
         if self.mismatch_every < 0:
             raise ConfigError(

@@ -87,14 +87,31 @@ def _metric_name(key: str) -> str:
 
 
 def evaluate(
-    pool: Any, policy: Any, *, episodes: int, seed: int, history_len: int
+    pool: Any,
+    policy: Any,
+    *,
+    episodes: int,
+    seed: int,
+    history_len: int,
+    temperature: float = 0.0,
 ) -> dict[str, float]:
-    """Greedy success rate on ``episodes`` held-out episodes (seeds ``seed .. seed+episodes-1``),
-    with the env's per-episode metrics (rates over the episodes) under ``"metrics"``."""
+    """Success rate on ``episodes`` held-out episodes (seeds ``seed .. seed+episodes-1``), with
+    the env's per-episode metrics (rates over the episodes) under ``"metrics"``.
+
+    ``temperature`` 0 is greedy. Above 0 the replies are sampled from a generator of their own,
+    seeded from ``seed``: every evaluation of a run draws the same random numbers (so two of
+    them pair up as closely as sampling allows), and the training sampler's state is untouched
+    (a resumed run samples as the uninterrupted one would)."""
     from agentgym.rollout import EpisodeStats, episode_metric_sums, rollout
 
     temp = policy.temperature
-    policy.temperature = 0.0
+    policy.temperature = temperature
+    own = getattr(policy, "generator", None)
+    if temperature > 0 and own is not None:
+        import torch
+
+        policy.generator = torch.Generator(device=own.device)
+        policy.generator.manual_seed(seed)
     t0 = time.perf_counter()
     try:
         trajs = rollout(
@@ -108,6 +125,8 @@ def evaluate(
         )
     finally:
         policy.temperature = temp
+        if own is not None:
+            policy.generator = own
     stats = EpisodeStats.of(trajs)
     stats.seconds = time.perf_counter() - t0
     s = stats.to_dict()

@@ -81,6 +81,7 @@ class _Run:
                 episodes=self.cfg.eval_episodes,
                 seed=self.eval_seed,
                 history_len=self.cfg.history_len,
+                temperature=self.cfg.eval_temperature,
             )
 
     def close(self) -> None:
@@ -552,7 +553,8 @@ def _report(
             "split": "test" if cfg.split_kwarg else "(no split)",
             "episodes": cfg.eval_episodes,
             "seeds": [run.eval_seed, run.eval_seed + cfg.eval_episodes - 1],
-            "greedy": True,
+            "greedy": cfg.eval_temperature == 0,
+            "temperature": cfg.eval_temperature,
             **{k: v for k, v in final.items() if k not in ("success_rate", "outcomes")},
         },
         "estimator": {

@@ -507,3 +507,34 @@ def test_success_summary_pairs_the_evaluation_episodes():
     s = success_summary({"success_initial": 0.0, "outcomes_initial": [0] * 8}, final)
     assert s["rl_gain_over"] == "initial" and s["rl_gain"] == pytest.approx(0.75)
     assert s["success_sft_ci95"] is None
+
+
+@needs_torch
+def test_sampled_evaluation_is_repeatable_and_leaves_training_sampling_alone(tmp_path, tiny_model):
+    """--eval-temperature samples the evaluation from a generator of its own: two runs evaluate
+    identically, and the training episodes are those of a greedily evaluated run (the training
+    sampler's state is not consumed by the evaluation)."""
+    import agentgym
+
+    def run(name, temp):
+        cfg = _small(
+            tmp_path / name,
+            tiny_model,
+            steps=2,
+            eval_every=1,
+            eval_episodes=4,
+            eval_temperature=temp,
+        )
+        rep = train(cfg)
+        trajs = agentgym.read_trajectories(tmp_path / name / "trajectories.jsonl")
+        return rep, [(t.id, [u.action for u in t.turns]) for t in trajs]
+
+    a, ta = run("a", 1.0)
+    b, tb = run("b", 1.0)
+    g, tg = run("g", 0.0)
+    assert a["eval"]["temperature"] == 1.0 and a["eval"]["greedy"] is False
+    assert g["eval"]["greedy"] is True
+    assert (a["success_sft"], a["success_final"]) == (b["success_sft"], b["success_final"])
+    assert ta == tb == tg
+    with pytest.raises(ValueError, match="eval_temperature=-1"):
+        TrainConfig(eval_temperature=-1.0)
