@@ -42,7 +42,7 @@ from agentgym.trainers.config import (
     field_type,
     load_config_file,
 )
-from agentgym.trainers.metrics import evaluate
+from agentgym.trainers.metrics import evaluate, write_report
 
 __all__ = [
     "TrainConfig",
@@ -183,7 +183,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         ctx.save_pretrained(model, tok, run.out / "model")  # rank 0 writes
     finally:
         run.close()
-    return _report(run, state, final, guard)
+    return write_report(run, state, final, guard)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -527,62 +527,6 @@ def _save(run: _Run, step: int, model: Any, learner: Any, tok: Any, state: dict[
             model_state=model_state,
         )
     ctx.barrier()
-
-
-def _report(
-    run: _Run, state: dict[str, Any], final: dict[str, Any], guard: Any = None
-) -> dict[str, Any]:
-    """``report.json`` (rank 0 writes it and ``curve.png``); returned on every rank."""
-    from agentgym.trainers.checkpoint import checkpoint_step
-    from agentgym.trainers.metrics import plot_curve, success_summary
-    from agentgym.utils import atomic_write_json
-
-    cfg = run.cfg
-    parts = run.clock.parts()
-    report = {
-        "env": cfg.env,
-        "algo": cfg.algo,
-        "model": cfg.model or "tiny",
-        "success_initial": state.get("success_initial"),
-        "success_sft": state.get("success_sft"),
-        "success_final": final["success_rate"],
-        # 95% intervals of the three, and the RL gain over the SFT start with its paired interval
-        **success_summary(state, final),
-        "expert_success_train": state.get("expert_success"),
-        "eval": {
-            "split": "test" if cfg.split_kwarg else "(no split)",
-            "episodes": cfg.eval_episodes,
-            "seeds": [run.eval_seed, run.eval_seed + cfg.eval_episodes - 1],
-            "greedy": cfg.eval_temperature == 0,
-            "temperature": cfg.eval_temperature,
-            **{k: v for k, v in final.items() if k not in ("success_rate", "outcomes")},
-        },
-        "estimator": {
-            "algo": cfg.algo,
-            "gamma": cfg.gamma,
-            "omega": cfg.omega,
-            "norm": cfg.adv_norm,
-            "group_size": cfg.group_size,
-            "groups_per_step": cfg.groups_per_step,
-            "transform": list(cfg.transform),
-            "lam": cfg.lam,
-            "epo": cfg.epo,
-        },
-        "seed": cfg.seed,
-        "steps": cfg.steps,
-        "resumed_from": checkpoint_step(run.checkpoint) if run.checkpoint else None,
-        # restores over the whole run (resumed parts included); None: --guard was off
-        "guard/restores": guard.guard.restores if guard is not None else None,
-        # every part of a resumed run counts (its first run and each --resume)
-        "wall_time_s": round(sum(parts), 1),
-        "wall_time_parts_s": parts,
-        "config": cfg.to_dict(),
-    }
-    if run.ctx.is_main:
-        run.clock.tick()
-        atomic_write_json(run.out / "report.json", report)
-        plot_curve(run.logger.history(), run.out / "curve.png", f"{cfg.env} - {cfg.algo}")
-    return report
 
 
 # ------------------------------------------------------------------------------------------------
