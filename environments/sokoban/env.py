@@ -233,26 +233,14 @@ class SokobanEnv(Env):
                 else "The action was empty, so nothing happened. Reply with one of: up, down, "
                 "left, right."
             )
-            return (
-                self._same_state(text),
-                self._noop_reward(),
-                False,
-                False,
-                self._info(valid=False),
-            )
+            return self._nothing_happened(text)
         out = apply_move(self.puzzle.walls, self.boxes, self.player, move)
         if out is None:
             dr, dc = MOVES[move]
             ahead = (self.player[0] + dr, self.player[1] + dc)
             what = "a wall" if ahead in self.puzzle.walls else "a box that cannot move"
             text = f"You cannot move {move}: {what} is in the way. Nothing happened."
-            return (
-                self._same_state(text),
-                self._noop_reward(),
-                False,
-                False,
-                self._info(valid=False),
-            )
+            return self._nothing_happened(text)
         before = len(self.boxes & self.puzzle.targets)
         togo_before = len(self._plan() or []) if self.reward_mode == "progress" else 0
         self.player, self.boxes, kind = out
@@ -289,9 +277,12 @@ class SokobanEnv(Env):
             reward = (togo_before - togo_after) / length
         return self._obs, reward, self._done, False, self._info(valid=True)
 
-    def _noop_reward(self) -> float:
-        """The reward of a turn that changes nothing: ``-1/L`` under ``progress``, else 0."""
-        return -1.0 / max(1, self._solution_len) if self.reward_mode == "progress" else 0.0
+    def _nothing_happened(self, text: str) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
+        """The step result of a turn that changes nothing (not a move, or a blocked one): the
+        same state with ``text`` as the event, ``valid=False``, and under ``progress`` a reward
+        of ``-1/L`` (a turn spent like a move away), else 0."""
+        reward = -1.0 / max(1, self._solution_len) if self.reward_mode == "progress" else 0.0
+        return self._same_state(text), reward, False, False, self._info(valid=False)
 
     def expert_action(self) -> str | None:
         """The first move of a shortest solution from the current state (``None`` when the

@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from test_train import COLORS, _small  # noqa: E402  (the settings of the small runs)
+from test_train import _small, tiny_model  # noqa: E402,F401  (the small runs' settings and model)
 
 import agentgym  # noqa: E402
 from agentgym.core import Env, Observation  # noqa: E402
@@ -47,20 +47,6 @@ class CoinEnv(Env):
 
 
 agentgym.register("test/Coin-v0", "test_stability_loop:CoinEnv", max_turns=1, override=True)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from agentgym.trainers.tiny_model import init_model
-
-    texts = [
-        f"You are in room {k}. A sign says: take the {c} door. <action>open {c} door</action> "
-        "Task: Get through all the rooms. Admissible actions: open red door, open blue door"
-        for k in range(3)
-        for c in COLORS
-    ] * 4
-    out = tmp_path_factory.mktemp("tiny")
-    return str(init_model(out, texts, vocab_size=400, hidden_size=32, num_layers=2, seed=0))
 
 
 @pytest.fixture
@@ -137,7 +123,7 @@ def test_stability_settings_are_checked_with_the_fix(kw: dict[str, Any], said: s
 # ------------------------------------------------------------------------------------------------
 # dynamic sampling
 # ------------------------------------------------------------------------------------------------
-def test_dynamic_sampling_keeps_only_groups_with_unequal_returns(tmp_path, tiny_model, learned):
+def test_dynamic_sampling_keeps_only_groups_with_unequal_returns(tmp_path, tiny_model, learned):  # noqa: F811
     out = tmp_path / "on"
     cfg = _dyn_cfg(out, tiny_model, dynamic_sampling=True)
     train(cfg)
@@ -167,7 +153,7 @@ def test_dynamic_sampling_keeps_only_groups_with_unequal_returns(tmp_path, tiny_
     assert all(len(s) == 1 for s in seeds.values()) and len(set(firsts)) == len(firsts)
 
 
-def test_without_dynamic_sampling_the_update_sees_uniform_groups(tmp_path, tiny_model, learned):
+def test_without_dynamic_sampling_the_update_sees_uniform_groups(tmp_path, tiny_model, learned):  # noqa: F811
     out = tmp_path / "off"
     cfg = _dyn_cfg(out, tiny_model)
     train(cfg)
@@ -179,7 +165,10 @@ def test_without_dynamic_sampling_the_update_sees_uniform_groups(tmp_path, tiny_
 
 
 def test_dynamic_sampling_skips_the_update_when_no_group_is_informative(
-    tmp_path, tiny_model, learned, capsys
+    tmp_path,
+    tiny_model,  # noqa: F811
+    learned,
+    capsys,
 ):
     out = tmp_path / "none"
     cfg = _dyn_cfg(
@@ -242,7 +231,9 @@ def _lrs(checkpoint: Path) -> list[float]:
 
 
 def test_collapse_guard_restores_the_last_good_weights_and_lowers_the_lr(
-    tmp_path, tiny_model, capsys
+    tmp_path,
+    tiny_model,  # noqa: F811
+    capsys,
 ):
     out = tmp_path / "guard"
     cfg = _guard_cfg(out, tiny_model)
@@ -271,7 +262,7 @@ def test_collapse_guard_restores_the_last_good_weights_and_lowers_the_lr(
     assert not _same(_weights(ck / "step_3"), start)  # and training went on from there
 
 
-def test_without_the_guard_nothing_is_restored(tmp_path, tiny_model):
+def test_without_the_guard_nothing_is_restored(tmp_path, tiny_model):  # noqa: F811
     out = tmp_path / "noguard"
     report = train(_guard_cfg(out, tiny_model, guard=False, steps=2))
     steps = _steps(out)
@@ -282,7 +273,7 @@ def test_without_the_guard_nothing_is_restored(tmp_path, tiny_model):
     assert set(_lrs(ck / "step_2")) == {0.01}
 
 
-def test_resume_keeps_the_guard_state(tmp_path, tiny_model, capsys):
+def test_resume_keeps_the_guard_state(tmp_path, tiny_model, capsys):  # noqa: F811
     """Step 1 is the first bad step of two; the resumed run's step 2 is the second: the guard's
     streak came through the checkpoint, so it restores (a fresh guard would wait)."""
     out = tmp_path / "resume"
