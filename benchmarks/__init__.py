@@ -9,7 +9,7 @@ Library modules hold no benchmark code; each benchmark is one module here:
 * :mod:`~agentgym.benchmarks.rollout` - ``agentgym bench rollout``: rollout throughput of each
   policy backend on the same episodes;
 * :mod:`~agentgym.benchmarks.algos` - ``agentgym bench algos``: the credit-assignment methods
-  compared under one budget;
+  compared under one budget (its tables and plots: :mod:`~agentgym.benchmarks.algos_report`);
 * :mod:`~agentgym.benchmarks.gpu` - ``agentgym bench gpu``: training and generation throughput of
   a real-shaped model on a GPU (MFU).
 

@@ -56,9 +56,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agentgym.benchmarks.stats import mean_ci, paired, verdict
+from agentgym.benchmarks.algos_report import (
+    Summary,
+    aggregate,
+    bench_markdown,
+    final_markdown,
+    ordering_markdown,
+    results_tables,
+    summarize,
+    write_plots,
+)
 
-__all__ = ["METHODS", "DEFAULT_METHODS", "run_bench", "aggregate", "parse_compare", "add_cli"]
+# aggregate, final_markdown and ordering_markdown live in .algos_report and are re-exported.
+__all__ = [
+    "METHODS",
+    "DEFAULT_METHODS",
+    "run_bench",
+    "aggregate",
+    "final_markdown",
+    "ordering_markdown",
+    "parse_compare",
+    "add_cli",
+]
 
 #: method name -> TrainConfig overrides.
 METHODS: dict[str, dict[str, Any]] = {
@@ -109,153 +128,6 @@ def _step_group_means(records: Sequence[dict[str, Any]]) -> dict[str, float] | N
 #: The per-step metrics of :func:`agentgym.trainers.credit.step_group_stats` the table reports.
 STEP_GROUP_KEYS = ("credit/nonsingleton_frac", "credit/step_groups", "credit/anchored_frac")
 
-Cell = dict[str, Any]  # stats.mean_ci(): mean, std, n, lo, hi, half
-
-
-def aggregate(runs: Sequence[dict[str, Any]], key: str = "curve") -> dict[str, dict[int, Cell]]:
-    """``{method: {step: mean_ci}}`` over runs ``{"method", "seed", key}``: mean, sample std,
-    number of seeds and the 95% Student t interval of the mean (see :mod:`.stats`)."""
-    by: dict[str, dict[int, list[float]]] = {}
-    for r in runs:
-        for step, v in r[key].items():
-            by.setdefault(r["method"], {}).setdefault(int(step), []).append(v)
-    return {m: {s: mean_ci(v) for s, v in sorted(steps.items())} for m, steps in by.items()}
-
-
-def _cell(c: Cell) -> str:
-    """``mean ± half-width of the 95% interval``, or the mean alone from one seed."""
-    return f"{c['mean']:.2f}" if c["half"] is None else f"{c['mean']:.2f} ± {c['half']:.2f}"
-
-
-def table_markdown(agg: dict[str, dict[int, Cell]], wall: dict[str, float]) -> str:
-    steps = sorted({s for curve in agg.values() for s in curve})
-    head = "| method | " + " | ".join(f"step {s}" for s in steps) + " | wall s/run |"
-    sep = "|---" * (len(steps) + 2) + "|"
-    rows = [head, sep]
-    for m, curve in agg.items():
-        cells = [_cell(curve[s]) if s in curve else "" for s in steps]
-        rows.append(f"| {m} | " + " | ".join(cells) + f" | {wall.get(m, float('nan')):.0f} |")
-    return "\n".join(rows) + "\n"
-
-
-def _fmt(x: float | None, spec: str = ".2f") -> str:
-    return "n/a" if x is None else format(x, spec)
-
-
-def final_markdown(
-    final: dict[str, Cell], groups: dict[str, dict[str, float] | None], wall: dict[str, float]
-) -> str:
-    """One row per method: final held-out success with its 95% interval and std, and the mean
-    step-group statistics of its training batches."""
-    rows = [
-        "| method | final success | 95% CI | std | seeds | non-singleton turns | step groups "
-        "| wall s/run |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for m, c in final.items():
-        ci = "n/a (1 seed)" if c["lo"] is None else f"[{c['lo']:.2f}, {c['hi']:.2f}]"
-        g = groups.get(m)
-        frac = _fmt(g["nonsingleton_frac"] if g else None)
-        ngroups = _fmt(g["step_groups"] if g else None, ".1f")
-        rows.append(
-            f"| {m} | {c['mean']:.2f} | {ci} | {c['std']:.2f} | {c['n']} | {frac} | {ngroups} "
-            f"| {wall.get(m, float('nan')):.0f} |"
-        )
-    return "\n".join(rows) + "\n"
-
-
-#: The published ordering's steps (Feng et al. 2025): each pair (better, worse).
-ORDERING_PAIRS = (("gigpo", "grpo"), ("grpo", "rloo"), ("grpo", "ppo"))
-
-
-def ordering_markdown(final: dict[str, Cell], paired_res: dict[str, dict[str, Any]]) -> str:
-    """Whether this run reproduces the published ordering GiGPO > GRPO > RLOO/PPO (Feng et al.
-    2025, long-horizon sparse-reward tasks): in the means, and which steps are significant
-    (``paired_res``: the paired tests of :data:`ORDERING_PAIRS`, keyed ``"A:B"``)."""
-    if not {"gigpo", "grpo"} <= set(final) or not {"rloo", "ppo"} & set(final):
-        return ""
-    lows = [m for m in ("rloo", "ppo") if m in final]
-    mean = {m: final[m]["mean"] for m in final}
-    holds = mean["gigpo"] > mean["grpo"] and all(mean["grpo"] > mean[m] for m in lows)
-    means = ", ".join(f"{m} {mean[m]:.3f}" for m in ("gigpo", "grpo", *lows))
-    text = (
-        f"Published ordering GiGPO > GRPO > {'/'.join(x.upper() for x in lows)} (final "
-        f"held-out success means: {means}): "
-        + ("reproduced in the means" if holds else "NOT reproduced in the means")
-    )
-    tested = [
-        f"{k} p = {v['p_ttest']:.3g}"
-        for k, v in paired_res.items()
-        if k in ("gigpo:grpo", *(f"grpo:{m}" for m in lows)) and v["p_ttest"] is not None
-    ]
-    sig = [
-        k
-        for k, v in paired_res.items()
-        if k in ("gigpo:grpo", *(f"grpo:{m}" for m in lows))
-        and v["p_ttest"] is not None
-        and v["p_ttest"] < 0.05
-        and v["mean_diff"] > 0
-    ]
-    if tested:
-        text += f"; paired t-tests {', '.join(tested)}; significant in the published direction: "
-        text += ", ".join(sig) if sig else "none"
-    return text + ".\n"
-
-
-def plot(
-    agg: dict[str, dict[int, Cell]],
-    path: Path,
-    title: str,
-    ylabel: str = "held-out success (greedy)",
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for m, curve in agg.items():
-        xs = sorted(curve)
-        mean = [curve[s]["mean"] for s in xs]
-        (line,) = ax.plot(xs, mean, "o-", label=m)
-        # The 95% t interval of the mean over seeds (none from one seed: the line alone).
-        band = [(s, curve[s]["lo"], curve[s]["hi"]) for s in xs if curve[s]["lo"] is not None]
-        if band:
-            ax.fill_between(
-                [b[0] for b in band],
-                [b[1] for b in band],
-                [b[2] for b in band],
-                color=line.get_color(),
-                alpha=0.12,
-            )
-    ax.set_xlabel("RL step")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    from agentgym.utils import atomic_write
-
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
-
-
-def _json_table(agg: dict[str, dict[int, Cell]]) -> dict[str, dict[str, Cell]]:
-    """``{method: {"step": cell}}``: JSON object keys are strings."""
-    return {m: {str(s): v for s, v in c.items()} for m, c in agg.items()}
-
-
-def _mean_groups(runs: Sequence[dict[str, Any]]) -> dict[str, float] | None:
-    """Step-group statistics of one method averaged over its seeds (None if a run lacks them)."""
-    got = [r["step_groups"] for r in runs]
-    if not got or any(g is None for g in got):
-        return None
-    return {k: sum(g[k] for g in got) / len(got) for k in got[0]}
-
 
 def parse_compare(values: Sequence[str]) -> list[tuple[str, str]]:
     """``["gigpo:grpo", ...]`` (``--compare``) as pairs of method names."""
@@ -299,6 +171,131 @@ def _check_cached(run_dir: Path, have: dict[str, Any], want: dict[str, Any]) -> 
         )
 
 
+def _check_methods(
+    methods: Sequence[str], compare: Sequence[tuple[str, str]] | None
+) -> Sequence[tuple[str, str]]:
+    """The ``--compare`` pairs to test (default gigpo:grpo when both run), after refusing an
+    unknown method or a pair not among ``methods``: before any training, not after hours of it."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}: choose from {', '.join(METHODS)}")
+    if compare is None:
+        compare = [("gigpo", "grpo")] if {"gigpo", "grpo"} <= set(methods) else []
+    for a, b in compare:
+        missing = [m for m in (a, b) if m not in methods]
+        if missing or a == b:
+            raise ValueError(
+                f"--compare {a}:{b}: "
+                + (f"{', '.join(missing)} not among the methods run" if missing else "same method")
+                + f"; pick two of {', '.join(methods)}"
+            )
+    return compare
+
+
+def _sft_start(
+    out: Path, seed: int, sft_seed: int, base: dict[str, Any], fresh: bool, log: Any
+) -> Path:
+    """The model every method of ``seed`` starts RL from: built and SFT-trained once in
+    ``sft_seed<sft_seed>`` (``sft_seed`` = ``seed``, or the first seed with ``shared_sft``)."""
+    from agentgym.trainers.train import TrainConfig, train
+
+    sft_dir = out / f"sft_seed{sft_seed}"
+    if fresh or not (sft_dir / "report.json").exists():
+        t0 = time.perf_counter()
+        cfg = TrainConfig(**{**base, "out": str(sft_dir), "seed": seed, "steps": 0})
+        rep = train(cfg)
+        log(
+            f"seed {seed}: model + SFT in {time.perf_counter() - t0:.0f}s, held-out success "
+            f"{rep['success_final']:.2f}"
+        )
+    return sft_dir / "model"
+
+
+def _method_run(
+    out: Path,
+    method: str,
+    seed: int,
+    base: dict[str, Any],
+    start_model: Path,
+    fresh: bool,
+    log: Any,
+) -> dict[str, Any]:
+    """Train ``method`` with ``seed`` from ``start_model`` (or load its cached run, refused if
+    made with other settings) and read back what the outputs report of it."""
+    from agentgym.trainers.train import TrainConfig, train
+
+    run_dir = out / f"{method}_seed{seed}"
+    cfg = TrainConfig(
+        **{
+            **base,
+            **METHODS[method],
+            "out": str(run_dir),
+            "seed": seed,
+            "model": str(start_model),
+            "sft_episodes": 0,
+        }
+    )
+    if not fresh and (run_dir / "report.json").exists():
+        rep = json.loads((run_dir / "report.json").read_text())
+        _check_cached(run_dir, rep.get("config", {}), cfg.to_dict())
+    else:
+        rep = train(cfg)
+        log(
+            f"{method} seed {seed}: success {rep['success_initial']:.2f} -> "
+            f"{rep['success_final']:.2f} in {rep['wall_time_s']:.0f}s"
+        )
+    records = _records(run_dir)
+    return {
+        "method": method,
+        "seed": seed,
+        "curve": _curve(records),
+        "train_curve": _curve(records, "train/success"),
+        "env_metrics": {
+            k: {"eval": _curve(records, f"eval/{k}"), "train": _curve(records, f"train/{k}")}
+            for k in _env_metric_keys(records)
+        },
+        "wall_time_s": rep["wall_time_s"],
+        "success_final": rep["success_final"],
+        "step_groups": _step_group_means(records),
+    }
+
+
+def _write_outputs(
+    out: Path,
+    runs: list[dict[str, Any]],
+    summary: Summary,
+    *,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    base: dict[str, Any],
+    t_all: float,
+) -> dict[str, Any]:
+    """Write ``table.md``, the plots and ``results.json`` (returned)."""
+    from agentgym.trainers.train import TrainConfig
+    from agentgym.utils import atomic_write, atomic_write_json
+
+    eff = {**TrainConfig().to_dict(), **base}  # the settings the runs actually used
+    # An env without splits evaluates on the tasks it trains on: the tables say so.
+    held = "test split" if eff["split_kwarg"] else "training tasks: no split"
+    with atomic_write(out / "table.md") as f:
+        f.write(bench_markdown(summary, held, len(seeds)))
+    title = (
+        f"{eff['env']}: {len(seeds)} seeds x {eff['steps']} steps x "
+        f"{eff['groups_per_step']}x{eff['group_size']} episodes (mean, 95% CI)"
+    )
+    write_plots(summary, out, title, held)
+    result = {
+        "methods": list(methods),
+        "seeds": list(seeds),
+        "base_config": base,
+        "runs": runs,
+        **results_tables(summary),
+        "wall_time_s": round(time.perf_counter() - t_all, 1),
+    }
+    atomic_write_json(out / "results.json", result)
+    return result
+
+
 def run_bench(
     out: str | Path,
     *,
@@ -317,168 +314,17 @@ def run_bench(
     ``compare``: pairs ``(A, B)`` of methods to test against each other seed by seed (default:
     gigpo vs grpo when both run).
     """
-    from agentgym.trainers.train import TrainConfig, train
-    from agentgym.utils import atomic_write, atomic_write_json
-
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}: choose from {', '.join(METHODS)}")
-    if compare is None:
-        compare = [("gigpo", "grpo")] if {"gigpo", "grpo"} <= set(methods) else []
-    for a, b in compare:
-        missing = [m for m in (a, b) if m not in methods]
-        if missing or a == b:
-            raise ValueError(
-                f"--compare {a}:{b}: "
-                + (f"{', '.join(missing)} not among the methods run" if missing else "same method")
-                + f"; pick two of {', '.join(methods)}"
-            )
+    compare = _check_methods(methods, compare)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     t_all = time.perf_counter()
     for seed in seeds:
         # One model + SFT per seed (or one for all seeds), shared by every method.
-        sft_dir = out / f"sft_seed{seeds[0] if shared_sft else seed}"
-        if fresh or not (sft_dir / "report.json").exists():
-            t0 = time.perf_counter()
-            cfg = TrainConfig(**{**base, "out": str(sft_dir), "seed": seed, "steps": 0})
-            rep = train(cfg)
-            log(
-                f"seed {seed}: model + SFT in {time.perf_counter() - t0:.0f}s, held-out success "
-                f"{rep['success_final']:.2f}"
-            )
-        start_model = sft_dir / "model"
-        for m in methods:
-            run_dir = out / f"{m}_seed{seed}"
-            cfg = TrainConfig(
-                **{
-                    **base,
-                    **METHODS[m],
-                    "out": str(run_dir),
-                    "seed": seed,
-                    "model": str(start_model),
-                    "sft_episodes": 0,
-                }
-            )
-            if not fresh and (run_dir / "report.json").exists():
-                rep = json.loads((run_dir / "report.json").read_text())
-                _check_cached(run_dir, rep.get("config", {}), cfg.to_dict())
-            else:
-                rep = train(cfg)
-                log(
-                    f"{m} seed {seed}: success {rep['success_initial']:.2f} -> "
-                    f"{rep['success_final']:.2f} in {rep['wall_time_s']:.0f}s"
-                )
-            records = _records(run_dir)
-            runs.append(
-                {
-                    "method": m,
-                    "seed": seed,
-                    "curve": _curve(records),
-                    "train_curve": _curve(records, "train/success"),
-                    "env_metrics": {
-                        k: {
-                            "eval": _curve(records, f"eval/{k}"),
-                            "train": _curve(records, f"train/{k}"),
-                        }
-                        for k in _env_metric_keys(records)
-                    },
-                    "wall_time_s": rep["wall_time_s"],
-                    "success_final": rep["success_final"],
-                    "step_groups": _step_group_means(records),
-                }
-            )
-    agg = aggregate(runs)
-    agg_train = aggregate(runs, "train_curve")
-    metric_names = sorted({k for r in runs for k in r["env_metrics"]})
-    agg_metrics = {
-        (k, part): aggregate(
-            [{**r, "c": r["env_metrics"][k][part]} for r in runs if k in r["env_metrics"]], "c"
-        )
-        for k in metric_names
-        for part in ("eval", "train")
-    }
-    wall = {
-        m: sum(r["wall_time_s"] for r in runs if r["method"] == m)
-        / max(1, sum(r["method"] == m for r in runs))
-        for m in methods
-    }
-    final = {m: mean_ci([r["success_final"] for r in runs if r["method"] == m]) for m in methods}
-    groups = {m: _mean_groups([r for r in runs if r["method"] == m]) for m in methods}
-    finals = {m: {r["seed"]: r["success_final"] for r in runs if r["method"] == m} for m in methods}
-    paired_res: dict[str, dict[str, Any]] = {}
-    for a, b in compare:
-        res = paired(finals[a], finals[b])
-        if res is not None:
-            paired_res[f"{a}:{b}"] = {**res, "verdict": verdict(a, b, res)}
-    eff = {**TrainConfig().to_dict(), **base}  # the settings the runs actually used
-    # An env without splits evaluates on the tasks it trains on: the tables say so.
-    held = "test split" if eff["split_kwarg"] else "training tasks: no split"
-    n_s = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
-    spread = f"mean ± 95% CI half-width (Student t) over {n_s}"
-    table = (
-        f"Final evaluation success (greedy, {held}) over {n_s}: mean, 95% Student t interval of "
-        "the mean, std; non-singleton turns = share of training turns whose (group, anchor) step "
-        "group has >= 2 members, step groups = distinct step groups per batch (both averaged "
-        "over the RL steps):\n\n" + final_markdown(final, groups, wall)
-    )
-    if paired_res:
-        table += (
-            "\nPaired comparison by seed (same seed = same SFT start; difference of final "
-            "success, 95% t interval, paired t-test and exact sign-flip test, two-sided):\n\n"
-            + "".join(f"* {v['verdict']}\n" for v in paired_res.values())
-        )
-    # The ordering line tests each of its steps by seed, asked for with --compare or not.
-    order_tests = {
-        f"{a}:{b}": paired_res.get(f"{a}:{b}") or paired(finals[a], finals[b])
-        for a, b in ORDERING_PAIRS
-        if a in finals and b in finals
-    }
-    order = ordering_markdown(final, {k: v for k, v in order_tests.items() if v is not None})
-    if order:
-        table += "\n" + order
-    table += (
-        f"\nEvaluation success (greedy, {held}), {spread}:\n\n"
-        + table_markdown(agg, wall)
-        + f"\nTraining success (sampled episodes of each RL step), {spread}:\n\n"
-        + table_markdown(agg_train, wall)
-    )
-    for (k, part), a in agg_metrics.items():
-        where = f"evaluation, greedy, {held}" if part == "eval" else "sampled training episodes"
-        table += f"\nEnv metric `{k}` ({where}), rate per episode, {spread}:\n\n" + table_markdown(
-            a, wall
-        )
-    with atomic_write(out / "table.md") as f:
-        f.write(table)
-    title = (
-        f"{eff['env']}: {len(seeds)} seeds x {eff['steps']} steps x "
-        f"{eff['groups_per_step']}x{eff['group_size']} episodes (mean, 95% CI)"
-    )
-    plot(agg, out / "success.png", title, f"success (greedy, {held})")
-    plot(agg_train, out / "train_success.png", title, "training success (sampled episodes)")
-    for (k, part), a in agg_metrics.items():
-        name = k if part == "eval" else f"train_{k}"
-        label = f"{k} ({f'greedy, {held}' if part == 'eval' else 'sampled episodes'})"
-        plot(a, out / f"{name}.png", title, label)
-    result = {
-        "methods": list(methods),
-        "seeds": list(seeds),
-        "base_config": base,
-        "runs": runs,
-        "final": final,
-        "step_groups": groups,
-        "paired": paired_res,
-        "ordering": order.strip() or None,
-        "table": _json_table(agg),
-        "train_table": _json_table(agg_train),
-        "env_metric_tables": {
-            f"{part}/{k}": _json_table(a) for (k, part), a in agg_metrics.items()
-        },
-        "wall_time_s": round(time.perf_counter() - t_all, 1),
-    }
-    atomic_write_json(out / "results.json", result)
-    return result
+        start = _sft_start(out, seed, seeds[0] if shared_sft else seed, base, fresh, log)
+        runs += [_method_run(out, m, seed, base, start, fresh, log) for m in methods]
+    summary = summarize(runs, methods, compare)
+    return _write_outputs(out, runs, summary, methods=methods, seeds=seeds, base=base, t_all=t_all)
 
 
 # ------------------------------------------------------------------------------------------------
