@@ -84,6 +84,8 @@ class ClipTerm(_Stateless):
     clip_eps: float = 0.2
     dual_clip: float | None = None
     clip_eps_high: float | None = None  # clip-higher; None: symmetric
+    #: the update builds the entropy's graph only if some term sets this (default: True)
+    needs_entropy = False
 
     def __call__(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
         from agentgym.trainers.losses import ppo_clip_loss
@@ -117,6 +119,7 @@ class KLTerm(_Stateless):
 
     coef: float
     ref_model: Any
+    needs_entropy = False
 
     def __call__(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
         from agentgym.trainers.losses import _autocast, kl_k3, token_logprobs
