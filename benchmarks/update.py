@@ -346,7 +346,7 @@ def bench_update(
     minibatch_size: int = 64,
     micro_batch_size: int = 16,
     micro_batch_tokens: int = 8192,
-    kl_coef: float = 0.05,
+    kl_coef: float = 0.0,
     entropy_coef: float = 0.0,
     repeats: int = 3,
     smollm_layers: int = 2,
@@ -455,7 +455,7 @@ def add_cli(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument(
         "--micro-batch-tokens", type=int, default=8192, help="padded tokens per micro-batch (new)"
     )
-    p.add_argument("--kl-coef", type=float, default=0.05, help="KL term (0: off)")
+    p.add_argument("--kl-coef", type=float, default=0.0, help="KL term (0: off, as train)")
     p.add_argument("--entropy-coef", type=float, default=0.0, help="entropy bonus (0: off)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per update (median kept)")
     p.add_argument("--smollm-layers", type=int, default=2, help="layers of the smollm2 shape")

@@ -286,49 +286,52 @@ def _prunable(model: Any) -> bool:
 def _suffix_logits(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int
 ) -> torch.Tensor:
-    """Logits of the last ``keep`` positions, the last decoder layer run on those positions only.
+    """Logits of each row's last ``keep`` positions, with the last decoder layer run on those
+    positions only (rows as :func:`collate` lays them out, left-padded).
 
-    Why: the loss reads logits at response positions only, so in the LAST layer a prompt position
-    contributes nothing but its keys and values. Its query, attention output, ``o_proj`` and MLP
-    (most of a layer's work, for a 2-layer model close to half the model) are skipped; everything
-    else is the model's own modules in the model's own order, so the result is the full forward's
-    (same float operations on the kept rows). Every row attends to its real tokens up to itself
-    (and pads to themselves only, so no row of the mask is empty).
+    Why, twice: the loss reads logits at response positions only, so in the LAST layer a prompt
+    position contributes nothing but its keys and values; its query, attention output, ``o_proj``
+    and MLP (most of a layer's work; for a 2-layer model close to half the model) are skipped.
+    And the rows are shifted to start at column 0 (right-padded) inside, so the other layers
+    attend causally with NO mask (SDPA's causal kernel skips the upper triangle, and no
+    ``[B, L, L]`` mask is built): a real token never sees the padding after it, so its values are
+    those of the row alone; what the padding positions compute is never read. Everything else is
+    the model's own modules in the model's own order, so the result is the full forward's.
     """
     import sys
 
     inner = model.model
     width = input_ids.shape[1]
-    pos = positions(attention_mask)
-    valid = attention_mask.bool()
     idx = torch.arange(width, device=input_ids.device)
-    causal = idx[None, :] <= idx[:, None]  # [L(query), L(key)]
-    allowed = causal[None] & (valid[:, None, :] | torch.eye(width, dtype=torch.bool, device=idx.device))
-    mask = allowed[:, None]  # [B, 1, L, L]
-    h = inner.embed_tokens(input_ids)
-    cos, sin = inner.rotary_emb(h, pos)
+    n = attention_mask.sum(-1, keepdim=True)  # [B, 1] real tokens per row
+    shifted = input_ids.gather(1, (idx[None] + width - n).clamp(max=width - 1))  # right-padded
+    h = inner.embed_tokens(shifted)
+    cos, sin = inner.rotary_emb(h, idx[None])
     layers = inner.layers[: model.config.num_hidden_layers]
     for layer in layers[:-1]:
-        h = layer(h, attention_mask=mask, position_ids=pos, position_embeddings=(cos, sin))
+        h = layer(h, attention_mask=None, position_ids=idx[None], position_embeddings=(cos, sin))
     last = layers[-1]
     attn = last.self_attn
     rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+    where = (n - keep + idx[None, :keep]).clamp(min=0)  # [B, keep]: the kept positions
     x = last.input_layernorm(h)
-    b, d = x.shape[0], attn.head_dim
-    q = attn.q_proj(x[:, -keep:]).view(b, keep, -1, d).transpose(1, 2)
+    b, d, dim = x.shape[0], attn.head_dim, x.shape[-1]
+    rows = where[..., None]
+    q = attn.q_proj(x.gather(1, rows.expand(-1, -1, dim))).view(b, keep, -1, d).transpose(1, 2)
     k = attn.k_proj(x).view(b, width, -1, d).transpose(1, 2)
     v = attn.v_proj(x).view(b, width, -1, d).transpose(1, 2)
-    q, _ = rope(q, q, cos[:, -keep:], sin[:, -keep:])
+    q, _ = rope(q, q, cos[0][where], sin[0][where])
     k, _ = rope(k, k, cos, sin)
     out = torch.nn.functional.scaled_dot_product_attention(
         q,
         k,
         v,
-        attn_mask=mask[:, :, -keep:],
+        attn_mask=(idx[None, None, :] <= where[..., None])[:, None],  # [B, 1, keep, L]
         scale=attn.scaling,
         enable_gqa=attn.num_key_value_groups > 1,
     )
-    h = h[:, -keep:] + attn.o_proj(out.transpose(1, 2).reshape(b, keep, -1))
+    h = h.gather(1, rows.expand(-1, -1, h.shape[-1]))
+    h = h + attn.o_proj(out.transpose(1, 2).reshape(b, keep, -1))
     h = h + last.mlp(last.post_attention_layernorm(h))
     return model.lm_head(inner.norm(h))
 
