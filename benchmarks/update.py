@@ -143,6 +143,38 @@ def _full_logprobs(model: Any, b: dict[str, Any], temperature: float) -> tuple[A
     return logp, -(logp_all.exp() * logp_all).sum(-1)
 
 
+def _previous_terms(terms: Sequence[Any]) -> list[Any]:
+    """``terms`` with the KL term's reference scored as before (logits at every position)."""
+    from agentgym.trainers.terms import KLTerm
+
+    return [_FullKL(t.coef, t.ref_model) if isinstance(t, KLTerm) else t for t in terms]
+
+
+class _FullKL:
+    """The previous KL term: the reference model's forward over every position."""
+
+    needs_entropy = False
+
+    def __init__(self, coef: float, ref_model: Any) -> None:
+        self.coef, self.ref_model = coef, ref_model
+
+    def begin(self, samples: Sequence[Any], dist: Any) -> None:
+        return None
+
+    def finish(self, dist: Any) -> dict[str, float]:
+        return {}
+
+    def __call__(self, mb: Any) -> tuple[Any, dict[str, float]]:
+        import torch
+
+        from agentgym.trainers.losses import kl_k3
+
+        with torch.no_grad():
+            ref_logp, _ = _full_logprobs(self.ref_model, mb.batch, mb.temperature)
+        kl = mb.agg(kl_k3(mb.logp, ref_logp))
+        return self.coef * kl, {"kl": float(kl.detach())}
+
+
 def _baseline_accumulate(
     model: Any, samples: Sequence[Any], cfg: Any, terms: Sequence[Any], pad_id: int
 ) -> dict[str, float]:
@@ -202,6 +234,7 @@ def baseline_update(
     import torch
 
     model.train()
+    terms = _previous_terms(terms)
     params = [p for p in model.parameters() if p.requires_grad]
     totals: dict[str, float] = {}
     steps = 0
@@ -326,9 +359,7 @@ def bench_shape(
     out["speedup"] = round(out["new"]["tokens_per_s"] / out["baseline"]["tokens_per_s"], 3)
     (sb, mb_), (sn, mn) = results["baseline"], results["new"]
     with torch.no_grad():
-        diff = max(
-            float((a - b).abs().max()) for a, b in zip(mb_.parameters(), mn.parameters())
-        )
+        diff = max(float((a - b).abs().max()) for a, b in zip(mb_.parameters(), mn.parameters()))
     out["max_abs_param_diff"] = diff
     out["max_abs_stat_diff"] = max(
         abs(sb[k] - sn[k]) for k in ("loss", "pg_loss", "kl", "entropy", "clipfrac")

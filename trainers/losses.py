@@ -287,7 +287,7 @@ def _suffix_logits(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int
 ) -> torch.Tensor:
     """Logits of each row's last ``keep`` positions, with the last decoder layer run on those
-    positions only (rows as :func:`collate` lays them out, left-padded).
+    positions only (rows left-padded as :func:`collate` lays them out, or right-padded).
 
     Why, twice: the loss reads logits at response positions only, so in the LAST layer a prompt
     position contributes nothing but its keys and values; its query, attention output, ``o_proj``
@@ -303,8 +303,8 @@ def _suffix_logits(
     inner = model.model
     width = input_ids.shape[1]
     idx = torch.arange(width, device=input_ids.device)
-    n = attention_mask.sum(-1, keepdim=True)  # [B, 1] real tokens per row
-    shifted = input_ids.gather(1, (idx[None] + width - n).clamp(max=width - 1))  # right-padded
+    start = (attention_mask.cumsum(-1) == 0).sum(-1, keepdim=True)  # [B, 1] leading pads
+    shifted = input_ids.gather(1, (idx[None] + start).clamp(max=width - 1))  # right-padded
     h = inner.embed_tokens(shifted)
     cos, sin = inner.rotary_emb(h, idx[None])
     layers = inner.layers[: model.config.num_hidden_layers]
@@ -313,7 +313,7 @@ def _suffix_logits(
     last = layers[-1]
     attn = last.self_attn
     rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
-    where = (n - keep + idx[None, :keep]).clamp(min=0)  # [B, keep]: the kept positions
+    where = (width - start - keep + idx[None, :keep]).clamp(min=0)  # [B, keep]: kept positions
     x = last.input_layernorm(h)
     b, d, dim = x.shape[0], attn.head_dim, x.shape[-1]
     rows = where[..., None]
