@@ -20,8 +20,9 @@ kept) in one process. ``max_abs_param_diff`` checks the two updates reach the sa
 Samples are synthetic with the shape of a stepwise agent run (``--samples`` turns, prompt lengths
 around ``--prompt-tokens`` +- ``--prompt-spread``, replies of 1 to ``2 * --response-tokens - 1``
 tokens, random advantages, behaviour log-probs near the model's own). Models are random-init
-Qwen2 decoders (no download): ``tiny`` is the default ``agentgym train`` model shape (hidden 64,
-2 layers), ``smollm2`` the SmolLM2-135M shape (hidden 576, 9 heads / 3 KV heads, MLP 1536,
+Qwen2 decoders (no download): ``tiny`` is the default ``agentgym train`` model shape (hidden
+128, 2 layers, the ~480-token vocabulary its BPE learns on TextWorld text), ``tiny64`` the
+narrower one of ``agentgym bench rollout`` (hidden 64), ``smollm2`` the SmolLM2-135M shape (hidden 576, 9 heads / 3 KV heads, MLP 1536,
 vocabulary 49152) with ``--smollm-layers`` layers.
 """
 
@@ -40,7 +41,15 @@ __all__ = ["SHAPES", "baseline_update", "bench_update", "make_samples", "add_cli
 
 #: Model shapes (Qwen2Config keyword arguments) the benchmark can build.
 SHAPES: dict[str, dict[str, Any]] = {
-    "tiny": dict(
+    "tiny": dict(  # agentgym train's default model: --tiny-hidden-size 128, 2 layers
+        vocab_size=480,
+        hidden_size=128,
+        intermediate_size=512,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        num_hidden_layers=2,
+    ),
+    "tiny64": dict(  # the width agentgym bench rollout builds
         vocab_size=480,
         hidden_size=64,
         intermediate_size=256,
