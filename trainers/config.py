@@ -147,7 +147,9 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay (not on biases and norms)")
     ppo_epochs: int = _f(1, "passes over each iteration's turns")
     minibatch_size: int = _f(64, "turns per optimizer step")
-    micro_batch_size: int = _f(16, "turns per forward/backward (gradient accumulation)")
+    micro_batch_size: int = _f(
+        16, "turns per forward/backward (gradient accumulation) when micro_batch_tokens is 0"
+    )
     micro_batch_tokens: int = _f(
         8192,
         "padded tokens per forward/backward: a minibatch's turns are sorted by length and cut "

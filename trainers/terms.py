@@ -37,9 +37,10 @@ __all__ = [
 class MicroBatch:
     """What a term sees of one micro-batch.
 
-    ``batch`` is :func:`~agentgym.trainers.losses.collate`'s dict (``[B, L-1]`` ``mask``,
-    ``old_logp``, ``adv``, ...), ``logp`` / ``entropy`` the policy's per-token log-probs and
-    entropies (``[B, L-1]``, with gradients), ``samples`` the micro-batch's samples, ``offset`` the
+    ``batch`` is :func:`~agentgym.trainers.losses.collate`'s dict (``[B, K]`` ``mask``,
+    ``old_logp``, ``adv``, ... over the last ``K`` logit positions of left-padded rows),
+    ``logp`` / ``entropy`` the policy's per-token log-probs and entropies (``[B, K]``; the
+    entropy has a graph only if some term sets ``needs_entropy``, default True), ``samples`` the micro-batch's samples, ``offset`` the
     index of its first sample in this rank's minibatch, ``num_seqs`` the minibatch's sequence
     count over all ranks, and ``agg`` the minibatch-normalised aggregation."""
 
