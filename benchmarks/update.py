@@ -9,7 +9,9 @@ the same minibatch permutation:
   minibatch's shuffled order.
 * ``new``: :func:`agentgym.trainers.losses.ppo_update` as the trainer calls it: left-padded rows,
   logits of the response positions only (``logits_to_keep``), samples sorted by length and cut by
-  ``micro_batch_tokens``, the entropy's graph only when a term differentiates it.
+  at most ``micro_batch_size`` rows and ``micro_batch_tokens`` padded tokens, the last decoder
+  layer on the reply positions only (Qwen2/Llama), the entropy's graph only when a term
+  differentiates it.
 
 Tokens/s counts every ``prompt + response`` token the update trains on (the work a training step
 has to do, independent of padding) over the wall time of the whole ``ppo_update`` (collate,
@@ -490,10 +492,13 @@ def add_cli(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--response-tokens", type=int, default=4, help="mean reply length")
     p.add_argument("--minibatch-size", type=int, default=64, help="turns per optimizer step")
     p.add_argument(
-        "--micro-batch-size", type=int, default=16, help="rows per micro-batch (baseline)"
+        "--micro-batch-size", type=int, default=16, help="rows per micro-batch at most (both)"
     )
     p.add_argument(
-        "--micro-batch-tokens", type=int, default=8192, help="padded tokens per micro-batch (new)"
+        "--micro-batch-tokens",
+        type=int,
+        default=8192,
+        help="padded tokens per micro-batch at most (new; 0: no token bound)",
     )
     p.add_argument("--kl-coef", type=float, default=0.0, help="KL term (0: off, as train)")
     p.add_argument("--entropy-coef", type=float, default=0.0, help="entropy bonus (0: off)")

@@ -147,13 +147,12 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay (not on biases and norms)")
     ppo_epochs: int = _f(1, "passes over each iteration's turns")
     minibatch_size: int = _f(64, "turns per optimizer step")
-    micro_batch_size: int = _f(
-        16, "turns per forward/backward (gradient accumulation) when micro_batch_tokens is 0"
-    )
+    micro_batch_size: int = _f(16, "turns per forward/backward at most (gradient accumulation)")
     micro_batch_tokens: int = _f(
         8192,
-        "padded tokens per forward/backward: a minibatch's turns are sorted by length and cut "
-        "into micro-batches of at most this many (0: micro_batch_size turns each)",
+        "padded tokens per forward/backward at most: a minibatch's turns are sorted by length "
+        "and cut into micro-batches of at most micro_batch_size turns and this many padded "
+        "tokens (0: no token bound)",
     )
     clip_eps: float = _f(0.2, "PPO ratio clip")
     clip_eps_high: float | None = _f(
@@ -221,8 +220,8 @@ class TrainConfig:
             )
         if self.micro_batch_tokens < 0:
             raise ConfigError(
-                f"micro_batch_tokens={self.micro_batch_tokens}: use 0 (micro_batch_size turns per "
-                "micro-batch) or a token budget such as --micro-batch-tokens 8192"
+                f"micro_batch_tokens={self.micro_batch_tokens}: use 0 (no token bound) or a "
+                "token budget such as --micro-batch-tokens 8192"
             )
         if self.temperature <= 0:
             raise ConfigError(

@@ -36,10 +36,8 @@ the policy sampled from.
 
 Micro-batches: a minibatch's samples are sorted by length (length bucketing: rows of a
 micro-batch have similar lengths, padding stays small) and cut into micro-batches of at most
-``micro_batch_tokens`` padded tokens (rows x width), or ``micro_batch_size`` rows when no token
-budget is set. The per-micro-batch overhead of the model call (dozens of small kernels and the
-Python around them, forward and backward) is then paid a few times per minibatch instead of once
-per 16 rows; the normalisation above makes the result independent of the cut.
+``micro_batch_size`` rows and at most ``micro_batch_tokens`` padded tokens (rows x width; 0: no
+token bound); the normalisation above makes the result independent of the cut.
 """
 
 from __future__ import annotations
@@ -107,7 +105,7 @@ class PPOConfig:
     ppo_epochs: int = 1
     minibatch_size: int = 16
     micro_batch_size: int = 8
-    #: padded tokens (rows x width) per forward/backward; 0: ``micro_batch_size`` rows instead
+    #: padded tokens (rows x width) per forward/backward at most; 0: rows alone bound it
     micro_batch_tokens: int = 0
     max_grad_norm: float = 1.0
     temperature: float = 1.0
@@ -127,7 +125,7 @@ class PPOConfig:
             raise ValueError("minibatch_size and micro_batch_size must be >= 1")
         if self.micro_batch_tokens < 0:
             raise ValueError(
-                f"micro_batch_tokens={self.micro_batch_tokens}: use 0 (micro_batch_size rows) "
+                f"micro_batch_tokens={self.micro_batch_tokens}: use 0 (no token bound) "
                 "or a token budget such as 8192"
             )
 
@@ -440,18 +438,17 @@ def _length(s: Sample) -> int:
 def micro_batches(samples: Sequence[Sample], cfg: PPOConfig) -> list[tuple[int, int]]:
     """``(start, stop)`` spans of ``samples`` (sorted by length), one per forward/backward.
 
-    With ``cfg.micro_batch_tokens`` a span grows while its padded size (rows x its longest row)
-    stays within the budget (a row longer than the budget goes alone); without it each span
-    holds ``cfg.micro_batch_size`` rows.
+    A span holds at most ``cfg.micro_batch_size`` rows and, with ``cfg.micro_batch_tokens``,
+    at most that many padded tokens (rows x its longest row; a row longer than the budget goes
+    alone). Both bounds hold, so a ``micro_batch_size`` chosen for memory is never exceeded and
+    long rows (conversation prompts) are cut further.
     """
-    if not cfg.micro_batch_tokens:
-        step = cfg.micro_batch_size
-        return [(i, min(i + step, len(samples))) for i in range(0, len(samples), step)]
     spans: list[tuple[int, int]] = []
     start, width = 0, 0
     for i, s in enumerate(samples):
-        w = max(width, _length(s))
-        if i > start and w * (i + 1 - start) > cfg.micro_batch_tokens:
+        w, rows = max(width, _length(s)), i + 1 - start
+        budget = cfg.micro_batch_tokens and w * rows > cfg.micro_batch_tokens
+        if i > start and (rows > cfg.micro_batch_size or budget):
             spans.append((start, i))
             start, w = i, _length(s)
         width = w

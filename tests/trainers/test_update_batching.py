@@ -125,17 +125,22 @@ def test_last_layer_runs_on_reply_positions_only(model):
     assert seen == [(4, b["targets"].shape[1] + 1, model.config.hidden_size)]
 
 
-def test_micro_batches_follow_the_token_budget(model):
+def test_micro_batches_follow_the_row_and_token_bounds(model):
     data = sorted(_data(model, 40), key=lambda s: len(s.prompt_ids) + len(s.response_ids))
-    cfg = PPOConfig(minibatch_size=40, micro_batch_size=4, micro_batch_tokens=120)
-    spans = micro_batches(data, cfg)
-    assert spans[0][0] == 0 and spans[-1][1] == 40
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
-    for lo, hi in spans:
-        width = max(len(s.prompt_ids) + len(s.response_ids) for s in data[lo:hi])
-        assert hi - lo == 1 or width * (hi - lo) <= 120
-    assert len(spans) < 10  # fewer than 4-row chunks: short rows share a micro-batch
-    assert len(micro_batches(data, PPOConfig(micro_batch_size=4))) == 10
+
+    def check(rows, tokens):
+        spans = micro_batches(data, PPOConfig(micro_batch_size=rows, micro_batch_tokens=tokens))
+        assert spans[0][0] == 0 and spans[-1][1] == 40
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        for lo, hi in spans:
+            width = max(len(s.prompt_ids) + len(s.response_ids) for s in data[lo:hi])
+            assert hi - lo <= rows
+            assert not tokens or hi - lo == 1 or width * (hi - lo) <= tokens
+        return len(spans)
+
+    assert check(4, 0) == 10
+    assert 3 < check(40, 120) < 40  # the token budget alone cuts: short rows share a span
+    assert check(4, 120) >= max(10, check(40, 120))  # both bounds hold
 
 
 def test_micro_batch_tokens_errors():
@@ -143,7 +148,8 @@ def test_micro_batch_tokens_errors():
         PPOConfig(micro_batch_tokens=-1)
     with pytest.raises(ValueError, match="--micro-batch-tokens 8192"):
         TrainConfig(micro_batch_tokens=-5)
-    assert TrainConfig().loss_config().micro_batch_tokens == 8192
+    cfg = TrainConfig(micro_batch_size=4).loss_config()
+    assert (cfg.micro_batch_size, cfg.micro_batch_tokens) == (4, 8192)
 
 
 def test_bench_update_json(capsys):
