@@ -31,7 +31,8 @@ response of the micro-batch, HF's ``logits_to_keep``): the output projection and
 log-softmax run over ``K`` positions per row instead of the whole prompt (with a 49k-token
 vocabulary that is most of a step's memory and much of its time). Position ids follow the
 attention mask (``cumsum - 1``), so a left-padded row computes exactly what the same row
-right-padded (or alone) computes. Log-probs use ``logits / temperature``, the distribution
+right-padded (or alone) computes; for plain Qwen2/Llama models the last decoder layer runs on
+the kept positions only (a prompt position gives it nothing but keys and values). Log-probs use ``logits / temperature``, the distribution
 the policy sampled from.
 
 Micro-batches: a minibatch's samples are sorted by length (length bucketing: rows of a
@@ -238,8 +239,9 @@ def token_logprobs(
 
     ``targets`` holds the LAST ``K`` tokens of each row (``K = targets.shape[1]``, at most
     ``L - 1``; :func:`collate` builds it so), and only the logits that score them are computed
-    (``logits_to_keep``): the output projection and the softmax never see the prompt.
-    ``entropy_grad=False`` computes the entropy without a graph (a logged statistic only).
+    (``logits_to_keep``): the output projection and the softmax never see the prompt. For plain
+    Qwen2/Llama models the last decoder layer also runs on those positions only
+    (:func:`_suffix_logits`). ``entropy_grad=False`` computes the entropy without a graph (a logged statistic only).
     """
     keep = targets.shape[1]
     if _prunable(model):
