@@ -8,6 +8,8 @@ Library modules hold no benchmark code; each benchmark is one module here:
   Ray backends;
 * :mod:`~agentgym.benchmarks.rollout` - ``agentgym bench rollout``: rollout throughput of each
   policy backend on the same episodes;
+* :mod:`~agentgym.benchmarks.update` - ``agentgym bench update``: PPO update tokens/s against the
+  previous update's batching in the same run;
 * :mod:`~agentgym.benchmarks.algos` - ``agentgym bench algos``: the credit-assignment methods
   compared under one budget (its tables and plots: :mod:`~agentgym.benchmarks.algos_report`);
 * :mod:`~agentgym.benchmarks.gpu` - ``agentgym bench gpu``: training and generation throughput of

@@ -12,6 +12,7 @@ MODULES = (
     "agentgym.benchmarks.envs",
     "agentgym.benchmarks.memory",
     "agentgym.benchmarks.rollout",
+    "agentgym.benchmarks.update",
     "agentgym.benchmarks.algos",
     "agentgym.benchmarks.gpu",
 )

@@ -147,7 +147,13 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "AdamW weight decay (not on biases and norms)")
     ppo_epochs: int = _f(1, "passes over each iteration's turns")
     minibatch_size: int = _f(64, "turns per optimizer step")
-    micro_batch_size: int = _f(16, "turns per forward/backward (gradient accumulation)")
+    micro_batch_size: int = _f(16, "turns per forward/backward at most (gradient accumulation)")
+    micro_batch_tokens: int = _f(
+        8192,
+        "padded tokens per forward/backward at most: a minibatch's turns are sorted by length "
+        "and cut into micro-batches of at most micro_batch_size turns and this many padded "
+        "tokens (0: no token bound)",
+    )
     clip_eps: float = _f(0.2, "PPO ratio clip")
     clip_eps_high: float | None = _f(
         None, "upper ratio clip, clip-higher (DAPO: 0.28); None: clip_eps (symmetric)"
@@ -232,6 +238,11 @@ class TrainConfig:
             raise ConfigError(
                 f"micro_batch_size={self.micro_batch_size} exceeds minibatch_size="
                 f"{self.minibatch_size}: lower --micro-batch-size or raise --minibatch-size"
+            )
+        if self.micro_batch_tokens < 0:
+            raise ConfigError(
+                f"micro_batch_tokens={self.micro_batch_tokens}: use 0 (no token bound) or a "
+                "token budget such as --micro-batch-tokens 8192"
             )
         if self.temperature <= 0:
             raise ConfigError(
@@ -425,6 +436,7 @@ class TrainConfig:
             ppo_epochs=self.ppo_epochs,
             minibatch_size=self.minibatch_size,
             micro_batch_size=self.micro_batch_size,
+            micro_batch_tokens=self.micro_batch_tokens,
             max_grad_norm=self.max_grad_norm,
             temperature=self.temperature,
             bf16=self.bf16,

@@ -24,9 +24,21 @@ holds part of every minibatch; the counts above are summed over ranks, so ranks 
 minibatch produce the gradients of one process holding all of it
 (``tests/trainers/test_distributed.py`` checks this).
 
-Samples are right-padded ``prompt + response`` rows; the logit at position ``t`` scores the token
-at ``t + 1``, and only response positions carry loss. Log-probs use ``logits / temperature``,
-the distribution the policy sampled from.
+Samples are LEFT-padded ``prompt + response`` rows, so every response ends at the right edge;
+the logit at position ``t`` scores the token at ``t + 1`` and only response positions carry loss,
+so the model is asked for the logits of the last ``K`` positions only (``K`` = the longest
+response of the micro-batch, HF's ``logits_to_keep``): the output projection and the
+log-softmax run over ``K`` positions per row instead of the whole prompt (with a 49k-token
+vocabulary that is most of a step's memory and much of its time). Position ids follow the
+attention mask (``cumsum - 1``), so a left-padded row computes exactly what the same row
+right-padded (or alone) computes; for plain Qwen2/Llama models the last decoder layer runs on
+the kept positions only (a prompt position gives it nothing but keys and values). Log-probs use ``logits / temperature``, the distribution
+the policy sampled from.
+
+Micro-batches: a minibatch's samples are sorted by length (length bucketing: rows of a
+micro-batch have similar lengths, padding stays small) and cut into micro-batches of at most
+``micro_batch_size`` rows and at most ``micro_batch_tokens`` padded tokens (rows x width; 0: no
+token bound); the normalisation above makes the result independent of the cut.
 """
 
 from __future__ import annotations
@@ -47,6 +59,8 @@ __all__ = [
     "kl_k3",
     "aggregate",
     "collate",
+    "positions",
+    "micro_batches",
     "token_logprobs",
     "accumulate_gradients",
     "ppo_update",
@@ -102,6 +116,8 @@ class PPOConfig:
     ppo_epochs: int = 1
     minibatch_size: int = 16
     micro_batch_size: int = 8
+    #: padded tokens (rows x width) per forward/backward at most; 0: rows alone bound it
+    micro_batch_tokens: int = 0
     max_grad_norm: float = 1.0
     temperature: float = 1.0
     bf16: bool = True
@@ -127,6 +143,11 @@ class PPOConfig:
             raise ValueError(f"dual_clip must be > 1 (e.g. 3.0) or None, got {self.dual_clip}")
         if self.micro_batch_size < 1 or self.minibatch_size < 1:
             raise ValueError("minibatch_size and micro_batch_size must be >= 1")
+        if self.micro_batch_tokens < 0:
+            raise ValueError(
+                f"micro_batch_tokens={self.micro_batch_tokens}: use 0 (no token bound) "
+                "or a token budget such as 8192"
+            )
 
 
 # -- per-token math -----------------------------------------------------------------------------
@@ -182,40 +203,51 @@ def aggregate(
 
 # -- batches ------------------------------------------------------------------------------------
 def collate(samples: Sequence[Sample], pad_id: int, device: Any = "cpu") -> dict[str, torch.Tensor]:
-    """Right-pad ``prompt + response`` rows; per-token tensors are aligned to logit positions.
+    """Left-pad ``prompt + response`` rows; per-token tensors cover the last ``K`` logit positions.
 
-    Returns ``input_ids``, ``attention_mask`` (``[B, L]``) and ``targets``, ``mask``,
-    ``old_logp``, ``rollout_logp``, ``adv`` (``[B, L-1]``: position ``t`` scores token ``t + 1``);
+    Returns ``input_ids``, ``attention_mask``, ``position_ids`` (``[B, L]``) and ``targets``,
+    ``mask``, ``old_logp``, ``rollout_logp``, ``adv`` (``[B, K]``, ``K`` = the longest response):
+    column ``j`` belongs to logit position ``L - 1 - K + j``, which scores token ``L - K + j``.
+    Every response ends at the right edge, so its tokens are the last columns of its row.
     ``rollout_logp`` is the trainer's scoring of the rollout where a sample has one, else the
     behaviour log-probs.
     """
     width = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
-    n = len(samples)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    att = torch.zeros((n, width), dtype=torch.long)
-    mask = torch.zeros((n, width - 1))
-    old = torch.zeros((n, width - 1))
-    rollout = torch.zeros((n, width - 1))
-    adv = torch.zeros((n, width - 1))
-    for i, s in enumerate(samples):
-        p, r = len(s.prompt_ids), len(s.response_ids)
-        ids[i, : p + r] = torch.tensor(list(s.prompt_ids) + list(s.response_ids))
-        att[i, : p + r] = 1
-        mask[i, p - 1 : p - 1 + r] = 1.0
-        old[i, p - 1 : p - 1 + r] = torch.tensor(s.old_logprobs, dtype=torch.float32)
+    keep = max(len(s.response_ids) for s in samples)
+    ids: list[list[int]] = []
+    att: list[list[int]] = []
+    mask: list[list[float]] = []
+    old: list[list[float]] = []
+    rollout: list[list[float]] = []
+    adv: list[list[float]] = []
+    for s in samples:
+        n, r = len(s.prompt_ids) + len(s.response_ids), len(s.response_ids)
+        ids.append([pad_id] * (width - n) + list(s.prompt_ids) + list(s.response_ids))
+        att.append([0] * (width - n) + [1] * n)
+        mask.append([0.0] * (keep - r) + [1.0] * r)
+        old.append([0.0] * (keep - r) + list(s.old_logprobs))
         scored = s.old_logprobs if s.rollout_logprobs is None else s.rollout_logprobs
-        rollout[i, p - 1 : p - 1 + r] = torch.tensor(scored, dtype=torch.float32)
-        adv[i, p - 1 : p - 1 + r] = s.advantage
+        rollout.append([0.0] * (keep - r) + list(scored))
+        adv.append([0.0] * (keep - r) + [s.advantage] * r)
+    input_ids = torch.tensor(ids, dtype=torch.long)
+    attention_mask = torch.tensor(att, dtype=torch.long)
     batch = {
-        "input_ids": ids,
-        "attention_mask": att,
-        "targets": ids[:, 1:].clone(),
-        "mask": mask,
-        "old_logp": old,
-        "rollout_logp": rollout,
-        "adv": adv,
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": positions(attention_mask),
+        "targets": input_ids[:, width - keep :].clone(),
+        "mask": torch.tensor(mask),
+        "old_logp": torch.tensor(old, dtype=torch.float32),
+        "rollout_logp": torch.tensor(rollout, dtype=torch.float32),
+        "adv": torch.tensor(adv, dtype=torch.float32),
     }
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count real tokens only (``cumsum - 1``; 0 on padding), so a left-padded
+    row gets the positions it would have alone."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def token_logprobs(
@@ -226,16 +258,107 @@ def token_logprobs(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    entropy_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``log p(targets)`` under ``logits / temperature`` (``[B, L-1]``), and the entropy."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    logits = logits[:, :-1, :].float()
+    """``log p(targets)`` under ``logits / temperature`` and the entropy, both ``[B, K]``.
+
+    ``targets`` holds the LAST ``K`` tokens of each row (``K = targets.shape[1]``, at most
+    ``L - 1``; :func:`collate` builds it so), and only the logits that score them are computed
+    (``logits_to_keep``): the output projection and the softmax never see the prompt. For plain
+    Qwen2/Llama models the last decoder layer also runs on those positions only
+    (:func:`_suffix_logits`). ``entropy_grad=False`` computes the entropy without a graph (a logged statistic only).
+    """
+    keep = targets.shape[1]
+    if _prunable(model):
+        logits = _suffix_logits(model, input_ids, attention_mask, keep + 1)
+    else:
+        logits = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions(attention_mask),
+            use_cache=False,
+            logits_to_keep=keep + 1,
+        ).logits
+    logits = logits[:, -keep - 1 : -1, :].float()
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    ent = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
+    ent = None
+    if with_entropy:
+        with contextlib.nullcontext() if entropy_grad else torch.no_grad():
+            ent = -(logp_all.exp() * logp_all).sum(-1)
     return logp, ent
+
+
+#: Decoder families whose last layer :func:`_suffix_logits` evaluates on the kept positions only.
+_PRUNABLE = ("Qwen2ForCausalLM", "LlamaForCausalLM")
+
+
+def _prunable(model: Any) -> bool:
+    """A plain (unwrapped) Qwen2/Llama with SDPA attention and no sliding window: the models whose
+    layers :func:`_suffix_logits` drives by hand. DDP/FSDP wrappers, adapters and other families
+    take the model's own forward (with ``logits_to_keep``)."""
+    cfg = getattr(model, "config", None)
+    return (
+        type(model).__name__ in _PRUNABLE
+        and getattr(cfg, "_attn_implementation", None) == "sdpa"
+        and not getattr(model.model, "has_sliding_layers", False)
+        and not (model.training and getattr(cfg, "attention_dropout", 0.0))
+    )
+
+
+def _suffix_logits(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: int
+) -> torch.Tensor:
+    """Logits of each row's last ``keep`` positions, with the last decoder layer run on those
+    positions only (rows left-padded as :func:`collate` lays them out, or right-padded).
+
+    Why, twice: the loss reads logits at response positions only, so in the LAST layer a prompt
+    position contributes nothing but its keys and values; its query, attention output, ``o_proj``
+    and MLP (most of a layer's work; for a 2-layer model close to half the model) are skipped.
+    And the rows are shifted to start at column 0 (right-padded) inside, so the other layers
+    attend causally with NO mask (SDPA's causal kernel skips the upper triangle, and no
+    ``[B, L, L]`` mask is built): a real token never sees the padding after it, so its values are
+    those of the row alone; what the padding positions compute is never read. Everything else is
+    the model's own modules in the model's own order, so the result is the full forward's.
+    """
+    import sys
+
+    inner = model.model
+    width = input_ids.shape[1]
+    idx = torch.arange(width, device=input_ids.device)
+    start = (attention_mask.cumsum(-1) == 0).sum(-1, keepdim=True)  # [B, 1] leading pads
+    shifted = input_ids.gather(1, (idx[None] + start).clamp(max=width - 1))  # right-padded
+    h = inner.embed_tokens(shifted)
+    cos, sin = inner.rotary_emb(h, idx[None])
+    layers = inner.layers[: model.config.num_hidden_layers]
+    for layer in layers[:-1]:
+        h = layer(h, attention_mask=None, position_ids=idx[None], position_embeddings=(cos, sin))
+    last = layers[-1]
+    attn = last.self_attn
+    rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+    where = (width - start - keep + idx[None, :keep]).clamp(min=0)  # [B, keep]: kept positions
+    x = last.input_layernorm(h)
+    b, d, dim = x.shape[0], attn.head_dim, x.shape[-1]
+    rows = where[..., None]
+    q = attn.q_proj(x.gather(1, rows.expand(-1, -1, dim))).view(b, keep, -1, d).transpose(1, 2)
+    k = attn.k_proj(x).view(b, width, -1, d).transpose(1, 2)
+    v = attn.v_proj(x).view(b, width, -1, d).transpose(1, 2)
+    q, _ = rope(q, q, cos[0][where], sin[0][where])
+    k, _ = rope(k, k, cos, sin)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=(idx[None, None, :] <= where[..., None])[:, None],  # [B, 1, keep, L]
+        scale=attn.scaling,
+        enable_gqa=attn.num_key_value_groups > 1,
+    )
+    h = h.gather(1, rows.expand(-1, -1, h.shape[-1]))
+    h = h + attn.o_proj(out.transpose(1, 2).reshape(b, keep, -1))
+    h = h + last.mlp(last.post_attention_layernorm(h))
+    return model.lm_head(inner.norm(h))
 
 
 def _autocast(device: torch.device, bf16: bool) -> Any:
@@ -280,23 +403,27 @@ def accumulate_gradients(
 
         terms = default_terms(cfg, ref_model=ref_model, entropy_history=entropy_history)
     device = next(model.parameters()).device
+    samples = sorted(samples, key=_length)  # length buckets; terms see this order
     local = [float(sum(len(s.response_ids) for s in samples)), float(len(samples))]
     num_tokens, num_seqs = dist.all_reduce(local)
-    starts = list(range(0, len(samples), cfg.micro_batch_size))
-    num_micro = int(dist.all_reduce([len(starts)], op="max")[0])
+    spans = micro_batches(samples, cfg)
+    num_micro = int(dist.all_reduce([len(spans)], op="max")[0])
     grad_scale = float(dist.world_size)  # DDP and FSDP2 average gradients; we want the sum
+    # The entropy statistic is always logged; its graph only when a term differentiates it.
+    entropy_grad = any(getattr(term, "needs_entropy", True) for term in terms)
     for term in terms:
         term.begin(samples, dist)
     stats = dict.fromkeys(("loss", "pg_loss", "kl", "entropy", "clipfrac"), 0.0)
     ratio_max = 0.0
     for k in range(num_micro):
         dist.set_grad_sync(model, k == num_micro - 1)  # reduce on the last backward only
-        if k >= len(starts):  # distributed: nothing left here; a zero-weight pass joins in
+        if k >= len(spans):  # distributed: nothing left here; a zero-weight pass joins in
             b = collate([Sample((pad_id,), (pad_id,), (0.0,), 0.0)], pad_id, device)
             logp, _ = token_logprobs(model, b["input_ids"], b["attention_mask"], b["targets"])
             (logp.sum() * 0.0).backward()
             continue
-        micro = samples[starts[k] : starts[k] + cfg.micro_batch_size]
+        lo, hi = spans[k]
+        micro = samples[lo:hi]
         b = collate(micro, pad_id, device)
 
         def agg(x: torch.Tensor, mask: torch.Tensor = b["mask"]) -> torch.Tensor:
@@ -310,10 +437,11 @@ def accumulate_gradients(
                 b["targets"],
                 temperature=cfg.temperature,
                 with_entropy=True,
+                entropy_grad=entropy_grad,
             )
         from agentgym.trainers.terms import MicroBatch
 
-        mb = MicroBatch(b, logp, ent, micro, starts[k], num_seqs, agg, cfg.temperature, cfg.bf16)
+        mb = MicroBatch(b, logp, ent, micro, lo, num_seqs, agg, cfg.temperature, cfg.bf16)
         loss: Any = None
         for term in terms:
             part, term_stats = term(mb)
@@ -328,6 +456,32 @@ def accumulate_gradients(
     stats = dist.sum_dict(stats)  # the whole minibatch: local shares add up
     stats["ratio_max"] = dist.all_reduce([ratio_max], op="max")[0]
     return stats
+
+
+def _length(s: Sample) -> int:
+    return len(s.prompt_ids) + len(s.response_ids)
+
+
+def micro_batches(samples: Sequence[Sample], cfg: PPOConfig) -> list[tuple[int, int]]:
+    """``(start, stop)`` spans of ``samples`` (sorted by length), one per forward/backward.
+
+    A span holds at most ``cfg.micro_batch_size`` rows and, with ``cfg.micro_batch_tokens``,
+    at most that many padded tokens (rows x its longest row; a row longer than the budget goes
+    alone). Both bounds hold, so a ``micro_batch_size`` chosen for memory is never exceeded and
+    long rows (conversation prompts) are cut further.
+    """
+    spans: list[tuple[int, int]] = []
+    start, width = 0, 0
+    for i, s in enumerate(samples):
+        w, rows = max(width, _length(s)), i + 1 - start
+        budget = cfg.micro_batch_tokens and w * rows > cfg.micro_batch_tokens
+        if i > start and (rows > cfg.micro_batch_size or budget):
+            spans.append((start, i))
+            start, w = i, _length(s)
+        width = w
+    if samples:
+        spans.append((start, len(samples)))
+    return spans
 
 
 def ppo_update(

@@ -37,9 +37,10 @@ __all__ = [
 class MicroBatch:
     """What a term sees of one micro-batch.
 
-    ``batch`` is :func:`~agentgym.trainers.losses.collate`'s dict (``[B, L-1]`` ``mask``,
-    ``old_logp``, ``adv``, ...), ``logp`` / ``entropy`` the policy's per-token log-probs and
-    entropies (``[B, L-1]``, with gradients), ``samples`` the micro-batch's samples, ``offset`` the
+    ``batch`` is :func:`~agentgym.trainers.losses.collate`'s dict (``[B, K]`` ``mask``,
+    ``old_logp``, ``adv``, ... over the last ``K`` logit positions of left-padded rows),
+    ``logp`` / ``entropy`` the policy's per-token log-probs and entropies (``[B, K]``; the
+    entropy has a graph only if some term sets ``needs_entropy``, default True), ``samples`` the micro-batch's samples, ``offset`` the
     index of its first sample in this rank's minibatch, ``num_seqs`` the minibatch's sequence
     count over all ranks, and ``agg`` the minibatch-normalised aggregation."""
 
@@ -91,6 +92,8 @@ class ClipTerm(_Stateless):
     clip_eps_high: float | None = None  # clip-higher; None: symmetric
     tis_cap: float | None = None
     tis_mask: float | None = None
+    #: the update builds the entropy's graph only if some term sets this (default: True)
+    needs_entropy = False
 
     @property
     def corrects(self) -> bool:
@@ -136,6 +139,7 @@ class KLTerm(_Stateless):
 
     coef: float
     ref_model: Any
+    needs_entropy = False
 
     def __call__(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
         from agentgym.trainers.losses import _autocast, kl_k3, token_logprobs

@@ -90,9 +90,9 @@ def score_rollout(
                         temperature=cfg.temperature,
                     )
                 logp = logp.float().cpu()
+                keep = logp.shape[1]  # collate right-aligns responses: the last columns
                 for i, s in enumerate(micro):
-                    p = len(s.prompt_ids)
-                    got = logp[i, p - 1 : p - 1 + len(s.response_ids)].tolist()
+                    got = logp[i, keep - len(s.response_ids) :].tolist()
                     out.append(dataclasses.replace(s, rollout_logprobs=tuple(got)))
     finally:
         model.train(was_training)

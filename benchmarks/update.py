@@ -1,0 +1,510 @@
+"""``agentgym bench update``: tokens/s of the PPO update against the previous update, same run.
+
+Both updates train copies of one model on the same samples with the same optimizer settings and
+the same minibatch permutation:
+
+* ``baseline``: the update as it was before length bucketing (kept here, verbatim in behaviour,
+  as the yardstick): right-padded ``prompt + response`` rows, logits and a log-softmax over every
+  position, the entropy's graph always built, micro-batches of ``micro_batch_size`` rows in the
+  minibatch's shuffled order.
+* ``new``: :func:`agentgym.trainers.losses.ppo_update` as the trainer calls it: left-padded rows,
+  logits of the response positions only (``logits_to_keep``), samples sorted by length and cut by
+  at most ``micro_batch_size`` rows and ``micro_batch_tokens`` padded tokens, the last decoder
+  layer on the reply positions only (Qwen2/Llama), the entropy's graph only when a term
+  differentiates it.
+
+Tokens/s counts every ``prompt + response`` token the update trains on (the work a training step
+has to do, independent of padding) over the wall time of the whole ``ppo_update`` (collate,
+forward, backward, optimizer steps). Machines are shared and noisy, so the figure that matters is
+``speedup``: new over baseline tokens/s, measured back to back (interleaved repeats, median
+kept) in one process. ``max_abs_param_diff`` checks the two updates reach the same weights.
+
+Samples are synthetic with the shape of a stepwise agent run (``--samples`` turns, prompt lengths
+around ``--prompt-tokens`` +- ``--prompt-spread``, replies of 1 to ``2 * --response-tokens - 1``
+tokens, random advantages, behaviour log-probs near the model's own). Models are random-init
+Qwen2 decoders (no download): ``tiny`` is the default ``agentgym train`` model shape (hidden
+128, 2 layers, the ~480-token vocabulary its BPE learns on TextWorld text), ``tiny64`` the
+narrower one of ``agentgym bench rollout`` (hidden 64), ``smollm2`` the SmolLM2-135M shape (hidden 576, 9 heads / 3 KV heads, MLP 1536,
+vocabulary 49152) with ``--smollm-layers`` layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["SHAPES", "baseline_update", "bench_update", "make_samples", "add_cli"]
+
+#: Model shapes (Qwen2Config keyword arguments) the benchmark can build.
+SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": dict(  # agentgym train's default model: --tiny-hidden-size 128, 2 layers
+        vocab_size=480,
+        hidden_size=128,
+        intermediate_size=512,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        num_hidden_layers=2,
+    ),
+    "tiny64": dict(  # the width agentgym bench rollout builds
+        vocab_size=480,
+        hidden_size=64,
+        intermediate_size=256,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_hidden_layers=2,
+    ),
+    "smollm2": dict(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        num_hidden_layers=2,
+    ),
+}
+
+
+def build_model(shape: str, *, layers: int | None = None, seed: int = 0) -> Any:
+    """A random-init Qwen2 causal LM of ``shape`` (tied embeddings, float32)."""
+    import torch
+    import transformers
+
+    kw = dict(SHAPES[shape])
+    if layers:
+        kw["num_hidden_layers"] = layers
+    cfg = transformers.Qwen2Config(
+        **kw, max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=10000.0
+    )
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    return transformers.Qwen2ForCausalLM(cfg).float()
+
+
+def make_samples(
+    model: Any,
+    n: int,
+    *,
+    prompt_tokens: int,
+    prompt_spread: int,
+    response_tokens: int,
+    seed: int = 0,
+) -> list[Any]:
+    """``n`` samples of varied prompt and reply lengths; behaviour log-probs are the model's own
+    plus noise (so ratios are near 1 and the clip is sometimes active)."""
+    from agentgym.trainers.losses import Sample
+
+    rng = random.Random(seed)
+    vocab = model.config.vocab_size
+    out = []
+    for i in range(n):
+        p = max(2, prompt_tokens + rng.randint(-prompt_spread, prompt_spread))
+        r = rng.randint(1, max(1, 2 * response_tokens - 1))
+        prompt = tuple(rng.randrange(1, vocab) for _ in range(p))
+        resp = tuple(rng.randrange(1, vocab) for _ in range(r))
+        old = tuple(-math.log(vocab) + rng.uniform(-0.3, 0.3) for _ in range(r))
+        out.append(Sample(prompt, resp, old, rng.uniform(-2, 2), traj=f"t{i // 4}", turn=i % 4))
+    return out
+
+
+# -- the previous update (the baseline) ----------------------------------------------------------
+def _right_padded(samples: Sequence[Any], pad_id: int) -> dict[str, Any]:
+    """The previous collate: right-padded rows, per-token tensors over all ``L - 1`` positions."""
+    import torch
+
+    width = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+    n = len(samples)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    att = torch.zeros((n, width), dtype=torch.long)
+    mask = torch.zeros((n, width - 1))
+    old = torch.zeros((n, width - 1))
+    adv = torch.zeros((n, width - 1))
+    for i, s in enumerate(samples):
+        p, r = len(s.prompt_ids), len(s.response_ids)
+        ids[i, : p + r] = torch.tensor(list(s.prompt_ids) + list(s.response_ids))
+        att[i, : p + r] = 1
+        mask[i, p - 1 : p - 1 + r] = 1.0
+        old[i, p - 1 : p - 1 + r] = torch.tensor(s.old_logprobs, dtype=torch.float32)
+        adv[i, p - 1 : p - 1 + r] = s.advantage
+    return {
+        "input_ids": ids,
+        "attention_mask": att,
+        "targets": ids[:, 1:].clone(),
+        "mask": mask,
+        "old_logp": old,
+        "adv": adv,
+    }
+
+
+def _full_logprobs(model: Any, b: dict[str, Any], temperature: float) -> tuple[Any, Any]:
+    """The previous token_logprobs: logits and log-softmax over every position."""
+    import torch
+
+    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
+    logits = logits.logits[:, :-1, :].float()
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, b["targets"].unsqueeze(-1)).squeeze(-1)
+    return logp, -(logp_all.exp() * logp_all).sum(-1)
+
+
+def _previous_terms(terms: Sequence[Any]) -> list[Any]:
+    """``terms`` with the KL term's reference scored as before (logits at every position)."""
+    from agentgym.trainers.terms import KLTerm
+
+    return [_FullKL(t.coef, t.ref_model) if isinstance(t, KLTerm) else t for t in terms]
+
+
+class _FullKL:
+    """The previous KL term: the reference model's forward over every position."""
+
+    needs_entropy = False
+
+    def __init__(self, coef: float, ref_model: Any) -> None:
+        self.coef, self.ref_model = coef, ref_model
+
+    def begin(self, samples: Sequence[Any], dist: Any) -> None:
+        return None
+
+    def finish(self, dist: Any) -> dict[str, float]:
+        return {}
+
+    def __call__(self, mb: Any) -> tuple[Any, dict[str, float]]:
+        import torch
+
+        from agentgym.trainers.losses import kl_k3
+
+        with torch.no_grad():
+            ref_logp, _ = _full_logprobs(self.ref_model, mb.batch, mb.temperature)
+        kl = mb.agg(kl_k3(mb.logp, ref_logp))
+        return self.coef * kl, {"kl": float(kl.detach())}
+
+
+def _baseline_accumulate(
+    model: Any, samples: Sequence[Any], cfg: Any, terms: Sequence[Any], pad_id: int
+) -> dict[str, float]:
+    import torch
+
+    from agentgym.trainers.losses import aggregate
+    from agentgym.trainers.terms import MicroBatch
+
+    num_tokens = float(sum(len(s.response_ids) for s in samples))
+    num_seqs = float(len(samples))
+    for term in terms:
+        term.begin(samples, _one())
+    stats = dict.fromkeys(("loss", "pg_loss", "kl", "entropy", "clipfrac"), 0.0)
+    ratio_max = 0.0
+    for start in range(0, len(samples), cfg.micro_batch_size):
+        micro = samples[start : start + cfg.micro_batch_size]
+        b = _right_padded(micro, pad_id)
+
+        def agg(x: Any, mask: Any = b["mask"]) -> Any:
+            return aggregate(x, mask, cfg.agg, num_tokens=num_tokens, num_seqs=num_seqs)
+
+        logp, ent = _full_logprobs(model, b, cfg.temperature)
+        mb = MicroBatch(b, logp, ent, micro, start, num_seqs, agg, cfg.temperature, cfg.bf16)
+        loss: Any = None
+        for term in terms:
+            part, term_stats = term(mb)
+            loss = part if loss is None else loss + part
+            for name, v in term_stats.items():
+                stats[name] = stats.get(name, 0.0) + v
+        loss.backward()
+        stats["loss"] += float(loss.detach())
+        stats["entropy"] += float(agg(ent).detach())
+        ratio = torch.exp(logp.detach() - b["old_logp"]) * b["mask"]
+        ratio_max = max(ratio_max, float(ratio.max()))
+    stats["ratio_max"] = ratio_max
+    return stats
+
+
+def _one() -> Any:
+    from agentgym.trainers.distributed import DistContext
+
+    return DistContext()
+
+
+def baseline_update(
+    model: Any,
+    optimizer: Any,
+    samples: Sequence[Any],
+    cfg: Any,
+    *,
+    pad_id: int,
+    rng: random.Random,
+    terms: Sequence[Any],
+) -> dict[str, float]:
+    """The previous single-process ``ppo_update``: same permutation, minibatches, clipping and
+    statistics as :func:`~agentgym.trainers.losses.ppo_update`, with the previous batching."""
+    import torch
+
+    model.train()
+    terms = _previous_terms(terms)
+    params = [p for p in model.parameters() if p.requires_grad]
+    totals: dict[str, float] = {}
+    steps = 0
+    grad_norm = 0.0
+    for _ in range(cfg.ppo_epochs):
+        order = list(range(len(samples)))
+        rng.shuffle(order)
+        for start in range(0, len(order), cfg.minibatch_size):
+            mb = [samples[i] for i in order[start : start + cfg.minibatch_size]]
+            optimizer.zero_grad(set_to_none=True)
+            stats = _baseline_accumulate(model, mb, cfg, terms, pad_id)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            if math.isfinite(grad_norm):
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v
+            steps += 1
+    out = {k: v / steps for k, v in totals.items()}
+    out["grad_norm"] = grad_norm
+    out["optimizer_steps"] = float(steps)
+    return out
+
+
+# -- the benchmark -------------------------------------------------------------------------------
+def _run(
+    which: str, model: Any, samples: Sequence[Any], cfg: Any, ref: Any, seed: int
+) -> tuple[float, dict[str, float], Any]:
+    """One timed update of a fresh copy of ``model``: seconds, statistics, the trained copy."""
+    from agentgym.trainers.losses import make_optimizer, ppo_update
+    from agentgym.trainers.terms import default_terms
+
+    m = copy.deepcopy(model)
+    opt = make_optimizer(m, lr=1e-3)
+    terms = default_terms(cfg, ref_model=ref)
+    rng = random.Random(seed)
+    t0 = time.perf_counter()
+    if which == "baseline":
+        stats = baseline_update(m, opt, samples, cfg, pad_id=0, rng=rng, terms=terms)
+    else:
+        stats = ppo_update(m, opt, samples, cfg, pad_id=0, rng=rng, terms=terms)
+    return time.perf_counter() - t0, stats, m
+
+
+def bench_shape(
+    shape: str,
+    *,
+    samples: int,
+    prompt_tokens: int,
+    prompt_spread: int,
+    response_tokens: int,
+    minibatch_size: int,
+    micro_batch_size: int,
+    micro_batch_tokens: int,
+    kl_coef: float,
+    entropy_coef: float,
+    repeats: int,
+    layers: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Baseline and new update on one model shape; the report of that shape (a dict)."""
+    import torch
+
+    from agentgym.trainers.losses import PPOConfig
+
+    model = build_model(shape, layers=layers, seed=seed)
+    ref = None
+    if kl_coef:
+        ref = copy.deepcopy(model).eval().requires_grad_(False)
+        with torch.no_grad():  # a reference that differs, so the KL term is live
+            for p in ref.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+    data = make_samples(
+        model,
+        samples,
+        prompt_tokens=prompt_tokens,
+        prompt_spread=prompt_spread,
+        response_tokens=response_tokens,
+        seed=seed,
+    )
+    common = dict(
+        minibatch_size=minibatch_size,
+        micro_batch_size=micro_batch_size,
+        kl_coef=kl_coef,
+        entropy_coef=entropy_coef,
+        bf16=False,
+        dual_clip=3.0,
+    )
+    cfgs = {
+        "baseline": PPOConfig(**common),
+        "new": PPOConfig(**common, micro_batch_tokens=micro_batch_tokens),
+    }
+    tokens = sum(len(s.prompt_ids) + len(s.response_ids) for s in data)
+    small = data[: max(2, micro_batch_size)]
+    for name, cfg in cfgs.items():  # first-call costs (allocator, kernels) untimed
+        _run(name, model, small, cfg, ref, seed)
+    times: dict[str, list[float]] = {n: [] for n in cfgs}
+    results: dict[str, tuple[dict[str, float], Any]] = {}
+    for _ in range(repeats):  # interleaved, so slow phases of a shared machine hit both
+        for name, cfg in cfgs.items():
+            sec, stats, trained = _run(name, model, data, cfg, ref, seed)
+            times[name].append(sec)
+            results[name] = (stats, trained)
+    out: dict[str, Any] = {
+        "params": sum(p.numel() for p in model.parameters()),
+        "hidden_size": model.config.hidden_size,
+        "layers": model.config.num_hidden_layers,
+        "vocab_size": model.config.vocab_size,
+        "samples": samples,
+        "tokens": tokens,
+        "response_tokens": sum(len(s.response_ids) for s in data),
+        "mean_prompt_tokens": round(sum(len(s.prompt_ids) for s in data) / samples, 1),
+    }
+    for name in cfgs:
+        ts = sorted(times[name])
+        med = ts[len(ts) // 2]
+        out[name] = {
+            "seconds": round(med, 4),
+            "seconds_all": [round(t, 4) for t in times[name]],
+            "tokens_per_s": round(tokens / med, 1),
+        }
+    out["speedup"] = round(out["new"]["tokens_per_s"] / out["baseline"]["tokens_per_s"], 3)
+    (sb, mb_), (sn, mn) = results["baseline"], results["new"]
+    with torch.no_grad():
+        diff = max(float((a - b).abs().max()) for a, b in zip(mb_.parameters(), mn.parameters()))
+    out["max_abs_param_diff"] = diff
+    out["max_abs_stat_diff"] = max(
+        abs(sb[k] - sn[k]) for k in ("loss", "pg_loss", "kl", "entropy", "clipfrac")
+    )
+    return out
+
+
+def bench_update(
+    shapes: Sequence[str] = ("tiny",),
+    *,
+    samples: int = 200,
+    prompt_tokens: int = 186,
+    prompt_spread: int = 40,
+    response_tokens: int = 4,
+    minibatch_size: int = 64,
+    micro_batch_size: int = 16,
+    micro_batch_tokens: int = 8192,
+    kl_coef: float = 0.0,
+    entropy_coef: float = 0.0,
+    repeats: int = 3,
+    smollm_layers: int = 2,
+    threads: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Baseline against new update tokens/s for each shape in ``shapes``; the report (a dict)."""
+    import torch
+
+    unknown = [s for s in shapes if s not in SHAPES]
+    if unknown:
+        raise ValueError(f"unknown shapes {unknown}: choose from {', '.join(SHAPES)}")
+    if samples < 2 or repeats < 1:
+        raise ValueError("samples must be >= 2 and repeats >= 1")
+    if threads:
+        torch.set_num_threads(threads)
+    report: dict[str, Any] = {
+        "torch_threads": torch.get_num_threads(),
+        "minibatch_size": minibatch_size,
+        "baseline_micro_batch_size": micro_batch_size,
+        "micro_batch_tokens": micro_batch_tokens,
+        "kl_coef": kl_coef,
+        "entropy_coef": entropy_coef,
+        "repeats": repeats,
+        "seed": seed,
+        "shapes": {},
+    }
+    for shape in shapes:
+        report["shapes"][shape] = bench_shape(
+            shape,
+            samples=samples,
+            prompt_tokens=prompt_tokens,
+            prompt_spread=prompt_spread,
+            response_tokens=response_tokens,
+            minibatch_size=minibatch_size,
+            micro_batch_size=micro_batch_size,
+            micro_batch_tokens=micro_batch_tokens,
+            kl_coef=kl_coef,
+            entropy_coef=entropy_coef,
+            repeats=repeats,
+            layers=smollm_layers if shape == "smollm2" else None,
+            seed=seed,
+        )
+    return report
+
+
+def _print_report(r: dict[str, Any]) -> None:
+    for k, v in r.items():
+        if k != "shapes":
+            print(f"{k:28s} {v}")
+    print()
+    cols = ("baseline tok/s", "new tok/s", "speedup", "param diff")
+    print(f"{'SHAPE':10s} " + " ".join(f"{c:>16s}" for c in cols))
+    for name, s in r["shapes"].items():
+        row = (
+            s["baseline"]["tokens_per_s"],
+            s["new"]["tokens_per_s"],
+            s["speedup"],
+            f"{s['max_abs_param_diff']:.1e}",
+        )
+        print(f"{name:10s} " + " ".join(f"{v!s:>16s}" for v in row))
+
+
+def cmd_bench_update(args: argparse.Namespace) -> int:
+    report = bench_update(
+        [s.strip() for s in args.shapes.split(",") if s.strip()],
+        samples=args.samples,
+        prompt_tokens=args.prompt_tokens,
+        prompt_spread=args.prompt_spread,
+        response_tokens=args.response_tokens,
+        minibatch_size=args.minibatch_size,
+        micro_batch_size=args.micro_batch_size,
+        micro_batch_tokens=args.micro_batch_tokens,
+        kl_coef=args.kl_coef,
+        entropy_coef=args.entropy_coef,
+        repeats=args.repeats,
+        smollm_layers=args.smollm_layers,
+        threads=args.threads,
+        seed=args.seed,
+    )
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_report(report)
+    return 0
+
+
+def add_cli(sub: Any, groups: dict[str, Any]) -> None:
+    from agentgym.cli import subgroup
+
+    bench = subgroup(sub, groups, "bench", "benchmarks (ratios against a same-run baseline)")
+    p = bench.add_parser(
+        "update", help="PPO update tokens/s, new batching vs the previous one, same run"
+    )
+    p.add_argument(
+        "--shapes", default="tiny", help=f"comma-separated, from {','.join(SHAPES)} (default tiny)"
+    )
+    p.add_argument("--samples", type=int, default=200, help="turns in the update")
+    p.add_argument("--prompt-tokens", type=int, default=186, help="mean prompt length")
+    p.add_argument("--prompt-spread", type=int, default=40, help="prompt length +- this")
+    p.add_argument("--response-tokens", type=int, default=4, help="mean reply length")
+    p.add_argument("--minibatch-size", type=int, default=64, help="turns per optimizer step")
+    p.add_argument(
+        "--micro-batch-size", type=int, default=16, help="rows per micro-batch at most (both)"
+    )
+    p.add_argument(
+        "--micro-batch-tokens",
+        type=int,
+        default=8192,
+        help="padded tokens per micro-batch at most (new; 0: no token bound)",
+    )
+    p.add_argument("--kl-coef", type=float, default=0.0, help="KL term (0: off, as train)")
+    p.add_argument("--entropy-coef", type=float, default=0.0, help="entropy bonus (0: off)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per update (median kept)")
+    p.add_argument("--smollm-layers", type=int, default=2, help="layers of the smollm2 shape")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    p.set_defaults(func=cmd_bench_update)

@@ -1,0 +1,171 @@
+"""The update's batching (left-padded rows, response-position logits, length-bucketed token-budget
+micro-batches, the last layer on response positions only) gives the previous update's numbers;
+``agentgym bench update`` measures it against that update in the same run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from agentgym.benchmarks.update import baseline_update, build_model, make_samples  # noqa: E402
+from agentgym.cli import main  # noqa: E402
+from agentgym.trainers.config import TrainConfig  # noqa: E402
+from agentgym.trainers.losses import (  # noqa: E402
+    PPOConfig,
+    _prunable,
+    collate,
+    make_optimizer,
+    micro_batches,
+    ppo_update,
+    token_logprobs,
+)
+from agentgym.trainers.terms import default_terms  # noqa: E402
+
+STATS = ("loss", "pg_loss", "kl", "entropy", "clipfrac", "ratio_max")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_model("tiny", layers=2)
+
+
+def _data(model, n=24):
+    """Mixed prompt (4..36) and reply (1..5) lengths."""
+    return make_samples(model, n, prompt_tokens=20, prompt_spread=16, response_tokens=3, seed=1)
+
+
+def _ref(model):
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return ref
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_update_equals_the_previous_update(model, agg):
+    """Same statistics and the same weights after one ppo_update as the previous batching (right
+    padding, logits everywhere, 4-row micro-batches in shuffled order), KL and entropy on."""
+    data, ref = _data(model), _ref(model)
+    kw = dict(agg=agg, kl_coef=0.1, entropy_coef=0.01, minibatch_size=12, micro_batch_size=4)
+    kw.update(bf16=False, ppo_epochs=2)
+    old_cfg, new_cfg = PPOConfig(**kw), PPOConfig(**kw, micro_batch_tokens=150)
+    out = {}
+    for name, cfg in (("old", old_cfg), ("new", new_cfg)):
+        m = copy.deepcopy(model)
+        opt = make_optimizer(m, lr=1e-4)
+        terms = default_terms(cfg, ref_model=ref)
+        update = baseline_update if name == "old" else ppo_update
+        stats = update(m, opt, data, cfg, pad_id=0, rng=random.Random(3), terms=terms)
+        out[name] = (stats, m)
+    (so, mo), (sn, mn) = out["old"], out["new"]
+    assert sn["optimizer_steps"] == so["optimizer_steps"] == 4
+    assert so["kl"] > 0 and so["entropy"] > 0
+    for k in STATS:
+        assert sn[k] == pytest.approx(so[k], abs=1e-5, rel=1e-5), k
+    for (name, a), b in zip(mo.named_parameters(), mn.parameters()):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5, msg=name)
+    moved = max(
+        float((a - b).detach().abs().max()) for a, b in zip(model.parameters(), mn.parameters())
+    )
+    assert moved > 1e-5  # the update did change the weights
+
+
+def test_logprobs_of_left_padded_rows_equal_each_row_alone(model):
+    """A row in a padded batch scores its reply exactly as it does alone, through both paths
+    (the pruned last layer, and the model's own forward with logits_to_keep)."""
+    data = _data(model, 6)
+    b = collate(data, pad_id=0)
+    assert b["targets"].shape == b["mask"].shape == (6, max(len(s.response_ids) for s in data))
+    assert b["input_ids"].shape[1] == max(len(s.prompt_ids) + len(s.response_ids) for s in data)
+    eager = copy.deepcopy(model)
+    eager.config._attn_implementation = "eager"
+    assert _prunable(model) and not _prunable(eager)
+    with torch.no_grad():
+        for m in (model, eager):
+            lp, ent = token_logprobs(
+                m, b["input_ids"], b["attention_mask"], b["targets"], with_entropy=True
+            )
+            for i, s in enumerate(data):
+                one = collate([s], pad_id=0)
+                lp1, ent1 = token_logprobs(
+                    m, one["input_ids"], one["attention_mask"], one["targets"], with_entropy=True
+                )
+                r = len(s.response_ids)
+                torch.testing.assert_close(lp[i, -r:], lp1[0, -r:], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(ent[i, -r:], ent1[0, -r:], atol=1e-5, rtol=1e-5)
+
+
+def test_last_layer_runs_on_reply_positions_only(model):
+    """The pruned path feeds the last layer's MLP K+1 positions per row, not the whole row."""
+    data = _data(model, 4)
+    b = collate(data, pad_id=0)
+    seen = []
+    last = model.model.layers[-1].mlp
+    handle = last.register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape)))
+    try:
+        with torch.no_grad():
+            token_logprobs(model, b["input_ids"], b["attention_mask"], b["targets"])
+    finally:
+        handle.remove()
+    assert seen == [(4, b["targets"].shape[1] + 1, model.config.hidden_size)]
+
+
+def test_micro_batches_follow_the_row_and_token_bounds(model):
+    data = sorted(_data(model, 40), key=lambda s: len(s.prompt_ids) + len(s.response_ids))
+
+    def check(rows, tokens):
+        spans = micro_batches(data, PPOConfig(micro_batch_size=rows, micro_batch_tokens=tokens))
+        assert spans[0][0] == 0 and spans[-1][1] == 40
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        for lo, hi in spans:
+            width = max(len(s.prompt_ids) + len(s.response_ids) for s in data[lo:hi])
+            assert hi - lo <= rows
+            assert not tokens or hi - lo == 1 or width * (hi - lo) <= tokens
+        return len(spans)
+
+    assert check(4, 0) == 10
+    assert 3 < check(40, 120) < 40  # the token budget alone cuts: short rows share a span
+    assert check(4, 120) >= max(10, check(40, 120))  # both bounds hold
+
+
+def test_micro_batch_tokens_errors():
+    with pytest.raises(ValueError, match="micro_batch_tokens=-1"):
+        PPOConfig(micro_batch_tokens=-1)
+    with pytest.raises(ValueError, match="--micro-batch-tokens 8192"):
+        TrainConfig(micro_batch_tokens=-5)
+    cfg = TrainConfig(micro_batch_size=4).loss_config()
+    assert (cfg.micro_batch_size, cfg.micro_batch_tokens) == (4, 8192)
+
+
+def test_bench_update_json(capsys):
+    rc = main(
+        ["bench", "update", "--json", "--samples", "12", "--prompt-tokens", "24"]
+        + ["--prompt-spread", "8", "--repeats", "1", "--kl-coef", "0.05", "--threads", "1"]
+    )
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    s = r["shapes"]["tiny"]
+    for key in ("tokens", "speedup", "max_abs_param_diff", "max_abs_stat_diff"):
+        assert key in s
+    for side in ("baseline", "new"):
+        assert s[side]["tokens_per_s"] > 0 and s[side]["seconds"] > 0
+    assert s["speedup"] == pytest.approx(
+        s["new"]["tokens_per_s"] / s["baseline"]["tokens_per_s"], rel=1e-2
+    )
+    assert s["max_abs_param_diff"] < 1e-4 and s["max_abs_stat_diff"] < 1e-4
+    assert r["torch_threads"] == 1
