@@ -51,7 +51,13 @@ class _Slot:
 @dataclass
 class EpisodeStats:
     """Counts over a set of episodes: the one episode summary that ``agentgym rollout``, the
-    trainer's per-step metrics and its held-out evaluation share (rates are computed from it)."""
+    trainer's per-step metrics, its held-out evaluation and ``agentgym eval``'s summary share
+    (rates are computed from it).
+
+    Per-turn counts (``turns``, ``invalid``, ``format_ok``) cover the executed turns only
+    (:attr:`~agentgym.trajectory.Turn.executed`): the turn the eval harness records when it
+    stops an episode past its time limit was never sent to the env. Outside the harness every
+    turn is executed."""
 
     episodes: int = 0
     won: int = 0
@@ -62,19 +68,26 @@ class EpisodeStats:
     #: sum of episode returns, and turns whose reply had a parsable action
     return_sum: float = 0.0
     format_ok: int = 0
+    #: episodes cut short (turn limit, timeout), and those the eval harness timed out
+    #: (``meta["timed_out"]``)
+    truncated: int = 0
+    timed_out: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, trajs: Sequence[Trajectory]) -> EpisodeStats:
         s = cls()
         for t in trajs:
+            turns = t.executed_turns
             s.episodes += 1
             s.won += int(t.won)
-            s.turns += len(t.turns)
-            s.invalid += sum(not x.valid for x in t.turns)
+            s.turns += len(turns)
+            s.invalid += sum(not x.valid for x in turns)
             s.crashed += int(t.crashed)
             s.return_sum += t.return_
-            s.format_ok += sum(x.format_ok for x in t.turns)
+            s.format_ok += sum(x.format_ok for x in turns)
+            s.truncated += int(t.truncated)
+            s.timed_out += int(bool(t.meta.get("timed_out")))
         return s
 
     @property
@@ -99,6 +112,8 @@ class EpisodeStats:
             "crashed": self.crashed,
             "return_sum": self.return_sum,
             "format_ok": self.format_ok,
+            "truncated": self.truncated,
+            "timed_out": self.timed_out,
         }
 
     def to_dict(self) -> dict[str, Any]:

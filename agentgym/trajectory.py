@@ -154,6 +154,14 @@ class Turn:
             self.policy = {**rest, **self.policy}
         self.info = info
 
+    @property
+    def executed(self) -> bool:
+        """Whether the env ran this turn's action. The eval harness ends an episode past its time
+        limit with a turn whose action was never sent (``info["executed"] = False``); it is
+        recorded (the reply was made) but is no turn of the agent in the env, so episode
+        statistics leave it out."""
+        return bool(self.info.get("executed", True))
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON layout: annotations go under ``info`` (the layout every version reads)."""
         info = dict(self.info)
@@ -191,6 +199,11 @@ class Trajectory:
     @property
     def return_(self) -> float:
         return float(sum(t.reward for t in self.turns))
+
+    @property
+    def executed_turns(self) -> list[Turn]:
+        """The turns the env ran (see :attr:`Turn.executed`)."""
+        return [t for t in self.turns if t.executed]
 
     @property
     def rewards(self) -> list[float]:

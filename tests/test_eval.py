@@ -25,6 +25,8 @@ from agentgym.evaluation.harness import (
 )
 from agentgym.policies import PolicyOutput
 from agentgym.registration import register, registry
+from agentgym.rollout import EpisodeStats
+from agentgym.trajectory import Trajectory, Turn, read_trajectories
 
 TESTS = Path(__file__).parent
 ENV = eval_toy_env.ENV_ID
@@ -108,6 +110,33 @@ def test_summary_env_metrics_from_the_last_turn() -> None:
     md = summary_markdown(s)
     assert "| completion (env metric, mean per episode) | 0.500 |" in md
     assert "env_metrics" not in summarize(recs[2:])
+
+
+def test_summary_counts_are_episode_stats() -> None:
+    """The summary's counts are EpisodeStats of the records, the type training and rollout use:
+    a turn the harness stopped (never sent to the env) is no turn of the agent in either."""
+    stopped = Turn("o", "a", valid=False, info={"timed_out": True, "executed": False})
+    trajs = [
+        Trajectory(
+            "e-g0-m0",
+            "e-g0",
+            "x",
+            turns=[Turn("o", "a", valid=False), stopped],
+            truncated=True,
+            meta={"timed_out": True},
+        ),
+        Trajectory("e-g1-m0", "e-g1", "x", turns=[Turn("o", "a", reward=1.0)], won=True),
+        Trajectory("e-g2-m0", "e-g2", "x", turns=[Turn("o", "a")] * 3, crashed=True),
+    ]
+    c = EpisodeStats.of(trajs)
+    assert (c.turns, c.invalid, c.format_ok) == (5, 1, 5)
+    assert (c.won, c.crashed, c.truncated, c.timed_out) == (1, 1, 1, 1)
+    s = summarize([t.to_dict() for t in trajs])
+    assert [s[k] for k in ("won", "turns", "crashed", "truncated", "timed_out")] == [1, 5, 1, 1, 1]
+    assert s["invalid_action_rate"]["value"] == pytest.approx(1 / 5)
+    assert s["mean_turns"]["value"] == pytest.approx(5 / 3)
+    assert s["timeout_rate"]["value"] == pytest.approx(1 / 3)
+    assert s["mean_reward"]["value"] == pytest.approx(c.mean_return)
 
 
 # ---------------------------------------------------------------------------- end to end
@@ -257,6 +286,8 @@ def test_per_episode_timeout(tmp_path: Path) -> None:
     assert s["timed_out"] == 2 and s["timeout_rate"]["value"] == 0.25
     # the not-executed turn is not counted as a turn of the agent
     assert s["invalid_action_rate"]["value"] == 1.0
+    c = EpisodeStats.of(read_trajectories(tmp_path / "run" / "episodes.jsonl"))
+    assert c.timed_out == 2 and c.turns == s["turns"] == sum(len(r["turns"]) for r in recs) - 2
 
 
 class _Flaky:

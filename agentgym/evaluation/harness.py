@@ -46,6 +46,7 @@ from agentgym.evaluation.episodes import EPISODES_FILE, EpisodeSink, load_episod
 from agentgym.evaluation.retry import RetryingPolicy, is_transient
 from agentgym.evaluation.timed_pool import TimedPool
 from agentgym.policies import Policy
+from agentgym.rollout import EpisodeStats, rollout
 from agentgym.trajectory import Trajectory, TrajectoryWriter, episode_metrics
 from agentgym.utils import atomic_write, atomic_write_json
 
@@ -150,40 +151,43 @@ class EvalInterrupted(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # Summary
 # --------------------------------------------------------------------------------------------
-def _executed_turns(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [t for t in rec.get("turns") or [] if (t.get("info") or {}).get("executed", True)]
+def _trajectory(rec: Mapping[str, Any]) -> Trajectory:
+    """A record as a :class:`Trajectory`, read as leniently as the summary always read records
+    (``agentgym report`` summarises any JSONL of them): a missing id, or ``null`` turns, turn
+    info or meta, are taken as empty."""
+    turns = [{**t, "info": t.get("info") or {}} for t in rec.get("turns") or []]
+    return Trajectory.from_dict(
+        {**rec, "id": rec.get("id", ""), "turns": turns, "meta": rec.get("meta") or {}}
+    )
 
 
 def _metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    n = len(records)
-    won = sum(bool(r.get("won")) for r in records)
-    returns = [
-        float(r.get("return", sum(t.get("reward", 0.0) for t in r.get("turns") or [])))
-        for r in records
-    ]
-    turns = [len(_executed_turns(r)) for r in records]
-    all_turns = [t for r in records for t in _executed_turns(r)]
-    invalid = sum(not t.get("valid", True) for t in all_turns)
-    timed_out = sum(bool((r.get("meta") or {}).get("timed_out")) for r in records)
-    crashed = sum(bool(r.get("crashed")) for r in records)
-    truncated = sum(bool(r.get("truncated")) for r in records)
+    """The metrics of ``records`` with their intervals. The counts are
+    :class:`~agentgym.rollout.EpisodeStats` (executed turns only, as in training); the t
+    intervals need the per-episode values behind two of them."""
+    trajs = [_trajectory(r) for r in records]
+    c = EpisodeStats.of(trajs)
+    # A record's stored "return" is what the summary reports (written as the sum of its turn
+    # rewards, which is Trajectory.return_, the value for records without it).
+    returns = [float(r["return"]) if "return" in r else t.return_ for r, t in zip(records, trajs)]
+    turns = [len(t.executed_turns) for t in trajs]
     # The env's own per-episode metrics (info["metrics"] of the last turn; missing = 0).
-    last = [episode_metrics((r.get("turns") or [{}])[-1].get("info")) for r in records]
+    last = [episode_metrics(t.turns[-1].info if t.turns else None) for t in trajs]
     names = sorted({k for m in last for k in m})
     env_metrics = {k: stats.mean([m.get(k, 0.0) for m in last]).to_dict() for k in names}
     return {
-        "episodes": n,
-        "success_rate": stats.rate(won, n).to_dict(),
+        "episodes": c.episodes,
+        "success_rate": stats.rate(c.won, c.episodes).to_dict(),
         "mean_reward": stats.mean(returns).to_dict(),
         "mean_turns": stats.mean(turns, lower=0.0).to_dict(),
-        "invalid_action_rate": stats.rate(invalid, len(all_turns)).to_dict(),
-        "timeout_rate": stats.rate(timed_out, n).to_dict(),
+        "invalid_action_rate": stats.rate(c.invalid, c.turns).to_dict(),
+        "timeout_rate": stats.rate(c.timed_out, c.episodes).to_dict(),
         **({"env_metrics": env_metrics} if env_metrics else {}),
-        "won": won,
-        "timed_out": timed_out,
-        "crashed": crashed,
-        "truncated": truncated,
-        "turns": len(all_turns),
+        "won": c.won,
+        "timed_out": c.timed_out,
+        "crashed": c.crashed,
+        "truncated": c.truncated,
+        "turns": c.turns,
     }
 
 
@@ -383,7 +387,6 @@ def run_eval(
     import agentgym
     from agentgym.policies import make_policy
     from agentgym.pool import EnvPool
-    from agentgym.rollout import rollout
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
