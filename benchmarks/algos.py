@@ -408,9 +408,9 @@ def cmd_bench_algos(args: argparse.Namespace) -> int:
 
 
 def add_cli(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
-    from agentgym.cli import subgroup
+    from agentgym.benchmarks.cli import bench_parsers
 
-    bench = subgroup(sub, groups, "bench", "benchmarks")
+    bench = bench_parsers(sub, groups)
     p = bench.add_parser(
         "algos",
         help="compare GRPO, RLOO, PPO, GiGPO, GiGPO+EPO and SPA under one training budget",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agentgym.benchmarks.stats import mean_ci, paired, verdict
+from agentgym.trainers.metrics import save_plot
 
 __all__ = [
     "Cell",
@@ -155,14 +156,7 @@ def plot(
     ax.set_ylabel(ylabel)
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    from agentgym.utils import atomic_write
-
-    with atomic_write(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    save_plot(fig, ax, path)
 
 
 def _json_table(agg: dict[str, dict[int, Cell]]) -> dict[str, dict[str, Cell]]:

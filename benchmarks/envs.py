@@ -231,9 +231,9 @@ def cmd_bench_envs(args: argparse.Namespace) -> int:
 
 
 def add_cli(sub: Any, groups: dict[str, Any]) -> None:
-    from agentgym.cli import subgroup
+    from agentgym.benchmarks.cli import bench_parsers
 
-    bench = subgroup(sub, groups, "bench", "benchmarks (ratios against a same-run baseline)")
+    bench = bench_parsers(sub, groups)
     p = bench.add_parser("envs", help="env-pool steps/s vs a sequential loop, same run")
     p.add_argument("--env", required=True, help="env id")
     p.add_argument("--num-envs", type=int, default=16)

@@ -441,9 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def add_cli(sub: Any, groups: dict[str, Any]) -> None:
-    from agentgym.cli import subgroup
+    from agentgym.benchmarks.cli import bench_parsers
 
-    bench = subgroup(sub, groups, "bench", "benchmarks (ratios against a same-run baseline)")
+    bench = bench_parsers(sub, groups)
     p = bench.add_parser(
         "gpu",
         help="training tokens/s, MFU and rollout tokens/s of a Qwen2-0.5B-shaped model",

@@ -204,9 +204,9 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_cli(sub: Any, groups: dict[str, Any]) -> None:
-    from agentgym.cli import subgroup
+    from agentgym.benchmarks.cli import bench_parsers
 
-    bench = subgroup(sub, groups, "bench", "benchmarks (ratios against a same-run baseline)")
+    bench = bench_parsers(sub, groups)
     p = bench.add_parser(
         "memory",
         help="memory per env of the process and Ray backends (one rollout each)",

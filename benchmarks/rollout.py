@@ -333,6 +333,7 @@ def _print_report(r: dict[str, Any]) -> None:
 
 
 def cmd_bench_rollout(args: argparse.Namespace) -> int:
+    from agentgym.benchmarks.cli import print_report
     from agentgym.cli import parse_kv
 
     if args.threads:
@@ -357,17 +358,13 @@ def cmd_bench_rollout(args: argparse.Namespace) -> int:
         tiny={"hidden": args.tiny_hidden, "layers": args.tiny_layers, "vocab": args.tiny_vocab},
         repeats=args.repeats,
     )
-    if args.json:
-        print(json.dumps(report))
-    else:
-        _print_report(report)
-    return 0
+    return print_report(report, args.json, _print_report)
 
 
 def add_cli(sub: Any, groups: dict[str, Any]) -> None:
-    from agentgym.cli import subgroup
+    from agentgym.benchmarks.cli import bench_parsers
 
-    bench = subgroup(sub, groups, "bench", "benchmarks (ratios against a same-run baseline)")
+    bench = bench_parsers(sub, groups)
     p = bench.add_parser(
         "rollout",
         help="rollout env steps/s and generated tokens/s per policy backend, same episodes",

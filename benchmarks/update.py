@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import random
 import time
@@ -469,17 +468,15 @@ def cmd_bench_update(args: argparse.Namespace) -> int:
         threads=args.threads,
         seed=args.seed,
     )
-    if args.json:
-        print(json.dumps(report))
-    else:
-        _print_report(report)
-    return 0
+    from agentgym.benchmarks.cli import print_report
+
+    return print_report(report, args.json, _print_report)
 
 
 def add_cli(sub: Any, groups: dict[str, Any]) -> None:
-    from agentgym.cli import subgroup
+    from agentgym.benchmarks.cli import bench_parsers
 
-    bench = subgroup(sub, groups, "bench", "benchmarks (ratios against a same-run baseline)")
+    bench = bench_parsers(sub, groups)
     p = bench.add_parser(
         "update", help="PPO update tokens/s, new batching vs the previous one, same run"
     )

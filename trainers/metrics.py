@@ -27,6 +27,7 @@ __all__ = [
     "write_report",
     "MetricsLogger",
     "plot_curve",
+    "save_plot",
 ]
 
 
@@ -260,11 +261,21 @@ def plot_curve(history: Sequence[dict[str, Any]], path: Path, title: str) -> Non
         )
     ax.set_xlabel("RL step")
     ax.set_title(title)
+    save_plot(fig, ax, path)
+
+
+def save_plot(fig: Any, ax: Any, path: Path) -> None:
+    """Grid, legend and layout of a one-axes curve plot, then ``path`` as a PNG, written
+    atomically (a reader never sees half a file) and the figure closed (pyplot keeps every open
+    figure alive). Shared by ``curve.png`` and the ``agentgym bench algos`` plots, so they look
+    alike."""
+    import matplotlib.pyplot as plt
+
+    from agentgym.utils import atomic_write
+
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    from agentgym.utils import atomic_write
-
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
