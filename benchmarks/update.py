@@ -188,9 +188,7 @@ class _FullKL:
 def _baseline_accumulate(
     model: Any, samples: Sequence[Any], cfg: Any, terms: Sequence[Any], pad_id: int
 ) -> dict[str, float]:
-    import torch
-
-    from agentgym.trainers.losses import aggregate
+    from agentgym.trainers.losses import add_micro_stats, aggregate, terms_loss
     from agentgym.trainers.terms import MicroBatch
 
     num_tokens = float(sum(len(s.response_ids) for s in samples))
@@ -208,17 +206,9 @@ def _baseline_accumulate(
 
         logp, ent = _full_logprobs(model, b, cfg.temperature)
         mb = MicroBatch(b, logp, ent, micro, start, num_seqs, agg, cfg.temperature, cfg.bf16)
-        loss: Any = None
-        for term in terms:
-            part, term_stats = term(mb)
-            loss = part if loss is None else loss + part
-            for name, v in term_stats.items():
-                stats[name] = stats.get(name, 0.0) + v
+        loss = terms_loss(terms, mb, stats)
         loss.backward()
-        stats["loss"] += float(loss.detach())
-        stats["entropy"] += float(agg(ent).detach())
-        ratio = torch.exp(logp.detach() - b["old_logp"]) * b["mask"]
-        ratio_max = max(ratio_max, float(ratio.max()))
+        ratio_max = max(ratio_max, add_micro_stats(stats, loss, mb))
     stats["ratio_max"] = ratio_max
     return stats
 

@@ -63,6 +63,8 @@ __all__ = [
     "micro_batches",
     "token_logprobs",
     "accumulate_gradients",
+    "terms_loss",
+    "add_micro_stats",
     "ppo_update",
     "make_optimizer",
     "AGG_MODES",
@@ -375,6 +377,29 @@ def _single() -> Any:
     return DistContext()
 
 
+def terms_loss(terms: Sequence[Any], mb: Any, stats: dict[str, float]) -> torch.Tensor:
+    """The loss of one micro-batch ``mb`` (a :class:`~agentgym.trainers.terms.MicroBatch`): the
+    sum of ``terms``, whose statistics add into ``stats``. Also the loss of the previous update
+    that ``agentgym bench update`` times, so both sum the same terms the same way."""
+    loss: Any = None
+    for term in terms:
+        part, term_stats = term(mb)
+        loss = part if loss is None else loss + part
+        for name, v in term_stats.items():
+            stats[name] = stats.get(name, 0.0) + v
+    return loss
+
+
+def add_micro_stats(stats: dict[str, float], loss: torch.Tensor, mb: Any) -> float:
+    """Adds a backwarded micro-batch's loss and entropy into ``stats``; its largest importance
+    ratio (over response tokens), which the caller takes the max of."""
+    stats["loss"] += float(loss.detach())
+    stats["entropy"] += float(mb.agg(mb.entropy).detach())
+    b = mb.batch
+    ratio = torch.exp(mb.logp.detach() - b["old_logp"]) * b["mask"]
+    return float(ratio.max())
+
+
 def accumulate_gradients(
     model: Any,
     samples: Sequence[Sample],
@@ -442,17 +467,9 @@ def accumulate_gradients(
         from agentgym.trainers.terms import MicroBatch
 
         mb = MicroBatch(b, logp, ent, micro, lo, num_seqs, agg, cfg.temperature, cfg.bf16)
-        loss: Any = None
-        for term in terms:
-            part, term_stats = term(mb)
-            loss = part if loss is None else loss + part
-            for name, v in term_stats.items():
-                stats[name] = stats.get(name, 0.0) + v
+        loss = terms_loss(terms, mb, stats)
         (loss * grad_scale).backward()
-        stats["loss"] += float(loss.detach())
-        stats["entropy"] += float(agg(ent).detach())
-        ratio = torch.exp(logp.detach() - b["old_logp"]) * b["mask"]
-        ratio_max = max(ratio_max, float(ratio.max()))
+        ratio_max = max(ratio_max, add_micro_stats(stats, loss, mb))
     stats = dist.sum_dict(stats)  # the whole minibatch: local shares add up
     stats["ratio_max"] = dist.all_reduce([ratio_max], op="max")[0]
     return stats

@@ -30,12 +30,7 @@ from agentgym.trainers.vllm_policy import (  # noqa: E402
 VLLM_REASON = vllm_unavailable_reason()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

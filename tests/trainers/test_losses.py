@@ -24,6 +24,9 @@ from agentgym.trainers.losses import (  # noqa: E402
     token_logprobs,
 )
 
+# The tiny-model tests below run on one torch thread (faster, and the machines are shared).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _t(*xs: float) -> torch.Tensor:
     return torch.tensor(xs, dtype=torch.float64)
@@ -96,15 +99,6 @@ def test_config_rejects_bad_values():
 
 
 # -- with a real (tiny) model -------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models run faster on one thread, and the test machines are shared.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     return tiny_qwen2()

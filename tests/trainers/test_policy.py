@@ -15,14 +15,7 @@ from agentgym.trainers.losses import Sample, collate, token_logprobs  # noqa: E4
 from agentgym.trainers.sft import IGNORE_INDEX, encode_example, sft_train  # noqa: E402
 from agentgym.trainers.tiny_model import init_model  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models run faster on one thread, and the test machines are shared.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

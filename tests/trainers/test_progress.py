@@ -50,13 +50,7 @@ def reward(useful: tuple[bool, ...]) -> float:
 COMBOS = [c for n in (1, 2, 3) for c in itertools.product([False, True], repeat=n)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls: threads only add contention on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

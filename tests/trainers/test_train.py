@@ -401,14 +401,14 @@ def test_bench_algos_writes_table_plot_and_results(tmp_path, tiny_model):
     base.update(eval_every=1, save_every=0, kl_coef=0.0)
     logs: list[str] = []
     pair = [("gigpo", "grpo+gated")]
-    res = run_bench(
-        tmp_path / "b",
-        methods=["gigpo", "grpo+gated", "grpo", "rloo"],
-        seeds=[0],
-        base=base,
-        compare=pair,
-        log=logs.append,
-    )
+
+    def bench() -> dict:
+        methods = ["gigpo", "grpo+gated", "grpo", "rloo"]
+        return run_bench(
+            tmp_path / "b", methods=methods, seeds=[0], base=base, compare=pair, log=logs.append
+        )
+
+    res = bench()
     assert [r["method"] for r in res["runs"]] == ["gigpo", "grpo+gated", "grpo", "rloo"]
     assert set(res["table"]) == {"gigpo", "grpo+gated", "grpo", "rloo"}
     assert "1" in res["table"]["gigpo"]
@@ -447,14 +447,7 @@ def test_bench_algos_writes_table_plot_and_results(tmp_path, tiny_model):
     assert "paired t-tests" not in res["ordering"]  # one seed: no t-test to report
     assert res["ordering"] in table and set(res["paired"]) == {"gigpo:grpo+gated"}
     assert set(res["env_metric_tables"]) == {"eval/rooms_passed", "train/rooms_passed"}
-    again = run_bench(
-        tmp_path / "b",
-        methods=["gigpo", "grpo+gated", "grpo", "rloo"],
-        seeds=[0],
-        base=base,
-        compare=pair,
-        log=logs.append,
-    )
+    again = bench()
     assert again["table"] == res["table"] and len(logs) == 5  # SFT + 4 runs, nothing retrained
     assert again["paired"] == res["paired"]
     # The CLI with the same settings from a --config file (its steps overridden by --steps):

@@ -30,12 +30,7 @@ from agentgym.trainers.terms import default_terms  # noqa: E402
 STATS = ("loss", "pg_loss", "kl", "entropy", "clipfrac", "ratio_max")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

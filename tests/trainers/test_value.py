@@ -22,12 +22,7 @@ from agentgym.trajectory import Trajectory, Turn
 PAD = 0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_backbone(seed: int = 0) -> torch.nn.Module:
