@@ -231,7 +231,7 @@ def baseline_update(
 ) -> dict[str, float]:
     """The previous single-process ``ppo_update``: same permutation, minibatches, clipping and
     statistics as :func:`~agentgym.trainers.losses.ppo_update`, with the previous batching."""
-    import torch
+    from agentgym.trainers.losses import optimizer_step
 
     model.train()
     terms = _previous_terms(terms)
@@ -246,10 +246,7 @@ def baseline_update(
             mb = [samples[i] for i in order[start : start + cfg.minibatch_size]]
             optimizer.zero_grad(set_to_none=True)
             stats = _baseline_accumulate(model, mb, cfg, terms, pad_id)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-            if math.isfinite(grad_norm):
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = optimizer_step(optimizer, params, cfg.max_grad_norm, _one())
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v
             steps += 1

@@ -67,6 +67,7 @@ __all__ = [
     "add_micro_stats",
     "ppo_update",
     "make_optimizer",
+    "optimizer_step",
     "AGG_MODES",
 ]
 
@@ -555,10 +556,7 @@ def ppo_update(
             mb = [samples[i - offset] for i in chunk if offset <= i < offset + len(samples)]
             optimizer.zero_grad(set_to_none=True)
             stats = accumulate_gradients(model, mb, cfg, pad_id=pad_id, dist=dist, terms=terms)
-            grad_norm = dist.clip_grad_norm_(params, cfg.max_grad_norm)
-            if math.isfinite(grad_norm):
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = optimizer_step(optimizer, params, cfg.max_grad_norm, dist)
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v
             steps += 1
@@ -568,6 +566,18 @@ def ppo_update(
     out["grad_norm"] = grad_norm
     out["optimizer_steps"] = float(steps)
     return out
+
+
+def optimizer_step(optimizer: Any, params: Sequence[Any], max_grad_norm: float, dist: Any) -> float:
+    """Clips the accumulated gradients by their global norm, steps unless that norm is not
+    finite (a NaN or inf step would ruin the weights; the minibatch is skipped instead) and clears
+    the gradients; returns the norm. Also the step of the previous update that ``agentgym bench
+    update`` times."""
+    grad_norm = dist.clip_grad_norm_(params, max_grad_norm)
+    if math.isfinite(grad_norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
 
 def make_optimizer(model: Any, *, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
