@@ -65,20 +65,30 @@ def score_rollout(
 
     Under torchrun every rank runs the same number of forwards (a rank with fewer micro-batches
     runs padding ones), as FSDP2 gathers weights collectively in each."""
-    from agentgym.trainers.losses import Sample, _autocast, collate, token_logprobs
+    from agentgym.trainers.losses import (
+        Sample,
+        _autocast,
+        _length,
+        collate,
+        micro_batches,
+        token_logprobs,
+    )
 
     device = next(model.parameters()).device
-    starts = list(range(0, len(samples), cfg.micro_batch_size))
-    num_micro = int(dist.all_reduce([len(starts)], op="max")[0])
+    # the update's micro-batches: length-sorted rows, at most micro_batch_size rows and
+    # micro_batch_tokens padded tokens each; results go back in the caller's order
+    order = sorted(range(len(samples)), key=lambda i: _length(samples[i]))
+    ranked = [samples[i] for i in order]
+    spans = micro_batches(ranked, cfg)
+    num_micro = int(dist.all_reduce([len(spans)], op="max")[0])
     was_training = model.training
     model.eval()
-    out: list[Any] = []
+    out: list[Any] = list(samples)
     try:
         with torch.no_grad():
             for k in range(num_micro):
-                micro = (
-                    samples[starts[k] : starts[k] + cfg.micro_batch_size] if k < len(starts) else []
-                )
+                lo, hi = spans[k] if k < len(spans) else (0, 0)
+                micro = ranked[lo:hi]
                 rows = micro or [Sample((pad_id,), (pad_id,), (0.0,), 0.0)]
                 b = collate(rows, pad_id, device)
                 with _autocast(device, cfg.bf16):
@@ -91,9 +101,9 @@ def score_rollout(
                     )
                 logp = logp.float().cpu()
                 keep = logp.shape[1]  # collate right-aligns responses: the last columns
-                for i, s in enumerate(micro):
-                    got = logp[i, keep - len(s.response_ids) :].tolist()
-                    out.append(dataclasses.replace(s, rollout_logprobs=tuple(got)))
+                for j, s in enumerate(micro):
+                    got = logp[j, keep - len(s.response_ids) :].tolist()
+                    out[order[lo + j]] = dataclasses.replace(s, rollout_logprobs=tuple(got))
     finally:
         model.train(was_training)
     return out
