@@ -70,8 +70,9 @@ class ToolDoors(Env):
     """``rooms`` rooms; reward 1 on getting through. ``obs_tools``: a per-observation override
     put on every observation (for the checker tests)."""
 
-    def __init__(self, rooms: int = 2, obs_tools: Any = None) -> None:
+    def __init__(self, rooms: int = 2, obs_tools: Any = None, split: str = "train") -> None:
         self.rooms = rooms
+        self.offset = 0 if split == "train" else 7919
         self.obs_tools = obs_tools
         self.path: list[str] = []
         self.room = 0
@@ -88,7 +89,7 @@ class ToolDoors(Env):
         )
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        self.seed = int(seed or 0)
+        self.seed = int(seed or 0) + self.offset
         rng = random.Random(self.seed)
         self.path = [rng.choice(COLORS) for _ in range(self.rooms)]
         self.room = 0
