@@ -167,3 +167,22 @@ def test_conversation_training_run_on_an_env_with_tools(tmp_path, tiny_dir):
         assert json.dumps(DOOR_TOOLS[0]) in prompt and "Answer with one tool call." in prompt
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss/loss" in m] == [1]
+
+
+def test_sft_prompts_stay_without_tools_to_match_their_action_labels():
+    """The expert's labels are ``<action>`` text, so its prompts must not ask for a tool call."""
+    from agentgym.trainers.sft import collect_expert_pairs
+
+    for context in ("stepwise", "conversation"):
+        pairs, won = collect_expert_pairs(
+            "test/ToolDoors-v0",
+            episodes=1,
+            env_kwargs={"rooms": 2},
+            backend="sync",
+            context=context,
+        )
+        assert won == 1.0 and len(pairs) == 2
+        for msgs, label in pairs:
+            text = "".join(m["content"] for m in msgs)
+            assert "Answer with <action>...</action>." in text and "tool call" not in text
+            assert label.startswith("open ")
