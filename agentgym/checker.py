@@ -9,7 +9,9 @@ Checks, each raising :class:`EnvCheckError` with what is wrong and how to fix it
 4. an invalid action (gibberish) is answered with an observation and ``valid=False``, not an
    exception, and does not end the episode;
 5. stepping after the episode ended raises :class:`~agentgym.core.ResetNeeded`;
-6. ``close`` can be called twice.
+6. ``close`` can be called twice;
+7. declared tools are valid OpenAI function schemas (:func:`agentgym.tools.validate_tools`): the
+   spec's ``tools`` and every observation's own ``tools`` seen during the checks.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import random
 from typing import Any
 
 from agentgym.core import INFO_KEYS, Env, EnvWrapper, Observation, ResetNeeded
+from agentgym.tools import validate_tools
 
 __all__ = ["check_env", "EnvCheckError"]
 
@@ -37,6 +40,16 @@ def _obs_key(obs: Observation) -> tuple[Any, ...]:
     return (obs.text, obs.task, obs.anchor, obs.admissible_actions)
 
 
+def _check_tools(env: Env, tools: Any, where: str) -> None:
+    """Raise :class:`EnvCheckError` when declared ``tools`` are not valid function schemas."""
+    if tools is None:
+        return
+    try:
+        validate_tools(tools, where=where)
+    except ValueError as e:
+        raise _fail(env, str(e)) from None
+
+
 def _check_reset(env: Env, out: Any) -> tuple[Observation, dict[str, Any]]:
     if not (isinstance(out, tuple) and len(out) == 2):
         raise _fail(env, f"reset() must return (Observation, info), got {type(out).__name__}")
@@ -47,6 +60,7 @@ def _check_reset(env: Env, out: Any) -> tuple[Observation, dict[str, Any]]:
         raise _fail(env, "reset() info must be a dict with 'task_id' (a stable task identifier)")
     if not isinstance(obs.text, str) or not obs.text:
         raise _fail(env, "reset() observation text must be a non-empty string")
+    _check_tools(env, obs.tools, "reset() observation tools")
     return obs, info
 
 
@@ -63,6 +77,7 @@ def _check_step(env: Env, out: Any) -> tuple[Observation, float, bool, bool, dic
     missing = [k for k in INFO_KEYS if k not in info]
     if missing:
         raise _fail(env, f"step() info lacks {missing}; every env reports {list(INFO_KEYS)}")
+    _check_tools(env, obs.tools, "step() observation tools")
     return out
 
 
@@ -81,6 +96,9 @@ def check_env(env: Env, *, seed: int = 123, n_steps: int = 5, max_episode_steps:
         # Plain Env instances get the same enforcement make() applies.
         env = EnvWrapper(env, max_turns=None)
     try:
+        # 7: the spec's tools (observations' own are checked with each reset and step).
+        if env.spec is not None:
+            _check_tools(env, env.spec.tools, "spec tools")
         # 1-2: seeded reset determinism, including the dynamics of a short replay.
         obs1, info1 = _check_reset(env, env.reset(seed=seed))
         rng = random.Random(seed)

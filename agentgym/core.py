@@ -14,6 +14,10 @@ Credit assignment needs the difference: a truncated episode has no final outcome
 
 Bad actions are never exceptions. An action the environment cannot parse or execute returns an
 observation that says what was wrong, with ``info["valid"] = False``.
+
+An env may declare its actions as tools (OpenAI function schemas): on its spec
+(``register(..., tools=...)``) and, per turn, on an observation. A tool call then arrives as the
+JSON action ``{"tool": name, **arguments}``; see :mod:`agentgym.tools`.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ class Observation:
             anchors come from identical states, so GiGPO can group them across trajectories.
             Each env documents what it puts here; ``""`` means "no anchor" (never grouped).
         image: an optional PNG screenshot (GUI envs).
+        tools: this turn's tools (OpenAI function schemas, :mod:`agentgym.tools`), overriding
+            the spec's ``tools`` for this turn; ``()``: no tools this turn; ``None`` (default):
+            the spec's tools apply.
     """
 
     text: str
@@ -54,6 +61,7 @@ class Observation:
     admissible_actions: tuple[str, ...] | None = None
     anchor: str = ""
     image: bytes | None = None
+    tools: tuple[dict[str, Any], ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"text": self.text, "task": self.task, "anchor": self.anchor}
@@ -61,6 +69,8 @@ class Observation:
             list(self.admissible_actions) if self.admissible_actions is not None else None
         )
         d["has_image"] = self.image is not None
+        if self.tools is not None:
+            d["tools"] = list(self.tools)
         return d
 
 

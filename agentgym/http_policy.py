@@ -12,11 +12,14 @@ Only the standard library is used (``urllib``), so no ``openai`` package is need
   resumed later.
 * Other 4xx answers are the caller's mistake (unknown model name, prompt too long): they raise at
   once with the server's message and the fix.
-* Tool calls: with ``tools`` (OpenAI function schemas; or an observation's own ``tools``) the
-  request carries them, and a reply's ``tool_calls`` becomes the action
-  ``{"tool": name, **arguments}`` as JSON (the SWE env's JSON tool-call form). A call that is not
-  usable (arguments that are not a JSON object, several calls where one action is taken) makes an
-  invalid turn whose ``extras["tool_call_error"]`` says what was wrong, never an exception.
+* Tool calls: the env's declared tools (:attr:`~agentgym.policies.TurnContext.turn_tools`: the
+  spec's, or an observation's own), else the policy's ``tools``, are sent as the request's
+  ``tools``, and a reply's ``tool_calls`` becomes the action ``{"tool": name, **arguments}`` as
+  JSON (:func:`agentgym.tools.tool_call_action`). A server that does not parse calls returns the
+  Hermes ``<tool_call>`` text as content; that is read too (:func:`agentgym.tools.reply_action`).
+  A call that is not usable (arguments that are not a JSON object, several calls where one
+  action is taken) makes an invalid turn whose ``extras["tool_call_error"]`` says what was wrong,
+  never an exception; the rollout opens the next observation with it.
 
 ``make_policy("openai:http://127.0.0.1:8000/v1#my-model")`` builds one.
 """
@@ -36,7 +39,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from agentgym.policies import SYSTEM_PROMPT, PolicyOutput, TurnContext, build_messages, parse_action
+from agentgym.policies import SYSTEM_PROMPT, PolicyOutput, TurnContext, build_messages
+from agentgym.tools import reply_action, tool_call_action
 
 __all__ = ["OpenAIPolicy", "PolicyServerError", "chat_completion", "tool_call_action"]
 
@@ -67,33 +71,6 @@ def _post_json(url: str, body: dict[str, Any], headers: dict[str, str], timeout:
         req.add_header(k, v)
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read().decode("utf-8"))
-
-
-def tool_call_action(calls: Any) -> tuple[str, str]:
-    """``(action, "")`` for one usable OpenAI tool call, else ``("", what is wrong)``.
-
-    The action is ``{"tool": name, **arguments}`` as JSON. One turn takes one action, so a reply
-    with several calls is refused rather than silently cut to the first.
-    """
-    if not isinstance(calls, list) or not calls:
-        return "", "tool_calls must be a non-empty list"
-    if len(calls) > 1:
-        return "", f"the reply made {len(calls)} tool calls; one turn takes exactly one"
-    call = calls[0]
-    fn = call.get("function") if isinstance(call, dict) else None
-    name = fn.get("name") if isinstance(fn, dict) else None
-    if not isinstance(name, str) or not name:
-        return "", "the tool call has no function name"
-    args: Any = fn.get("arguments") or "{}"
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError as e:
-            return "", f"the arguments of tool call {name!r} are not valid JSON ({e})"
-    if not isinstance(args, dict):
-        return "", f"the arguments of tool call {name!r} must be a JSON object"
-    rest = {k: v for k, v in args.items() if k != "tool"}
-    return json.dumps({"tool": name, **rest}, ensure_ascii=False), ""
 
 
 def _error_text(err: urllib.error.HTTPError) -> str:
@@ -193,8 +170,8 @@ class OpenAIPolicy:
         history_len / system_prompt: passed to :func:`~agentgym.policies.build_messages`.
         api_key: sent as a bearer token; default ``$OPENAI_API_KEY`` if set.
         send_seed: include ``seed`` in requests (some hosted APIs reject it).
-        tools: OpenAI function tools sent with every request (an observation with a ``tools``
-            attribute of its own overrides them); replies' ``tool_calls`` become actions.
+        tools: OpenAI function tools sent with every request to an env that declares none
+            (an env's own tools win); replies' ``tool_calls`` become actions.
     """
 
     needs_expert = False
@@ -260,7 +237,8 @@ class OpenAIPolicy:
         }
         if self.send_seed:
             body["seed"] = self._request_seed(k)
-        tools = getattr(ctx.observation, "tools", None) or self.tools
+        declared = ctx.observation.tools is not None or ctx.tools is not None
+        tools = ctx.turn_tools if declared else self.tools
         if tools:
             body["tools"] = list(tools)
         t0 = time.perf_counter()
@@ -311,7 +289,9 @@ class OpenAIPolicy:
                 extras["tool_call_error"] = problem
                 content = (content + "\n" if content else "") + f"[invalid tool call: {problem}]"
         else:
-            action, ok = parse_action(content)
+            action, ok, problem = reply_action(content)
+            if problem:
+                extras["tool_call_error"] = problem
         if retries:
             extras["retries"] = retries
         if isinstance(resp.get("usage"), dict):

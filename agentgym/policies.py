@@ -31,6 +31,8 @@ __all__ = [
     "build_messages",
     "parse_action",
     "SYSTEM_PROMPT",
+    "TOOLS_SYSTEM_PROMPT",
+    "answer_instruction",
     "make_policy",
 ]
 
@@ -38,6 +40,12 @@ SYSTEM_PROMPT = (
     "You are an agent acting in a text environment. Each turn you see the task, your recent "
     "history and the current observation. Think briefly, then give exactly one action as "
     "<action>your action</action>."
+)
+
+#: The system prompt when the env declares tools: the tools themselves are presented by the chat
+#: template (or a Hermes system block, :mod:`agentgym.serving.tools`), which says how to call them.
+TOOLS_SYSTEM_PROMPT = SYSTEM_PROMPT.replace(
+    "give exactly one action as <action>your action</action>.", "call exactly one tool."
 )
 
 _ACTION_RE = re.compile(r"<action>(.*?)</action>", re.DOTALL | re.IGNORECASE)
@@ -55,10 +63,19 @@ class TurnContext:
     #: the policy's own data about this episode, kept by the rollout from turn to turn (one
     #: context per episode): a conversation-mode policy keeps the episode's token ids here.
     memory: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the env spec's tools (OpenAI function schemas), set by the rollout; see :attr:`turn_tools`
+    tools: tuple[dict[str, Any], ...] | None = None
 
     @property
     def task(self) -> str:
         return self.observation.task
+
+    @property
+    def turn_tools(self) -> tuple[dict[str, Any], ...] | None:
+        """The tools of this turn: the observation's own if it carries any (``()``: none this
+        turn), else the spec's; ``None`` when the env declares no tools."""
+        own = self.observation.tools
+        return (own or None) if own is not None else self.tools
 
 
 @dataclasses.dataclass
@@ -84,11 +101,24 @@ class Policy(Protocol):
     def act(self, contexts: Sequence[TurnContext]) -> list[PolicyOutput]: ...
 
 
+def answer_instruction(tools: Sequence[dict[str, Any]] | None) -> str:
+    """The last line of an env message: how to answer (a tool call when the turn has tools)."""
+    return "Answer with one tool call." if tools else "Answer with <action>...</action>."
+
+
 def build_messages(
     ctx: TurnContext, *, history_len: int = 2, system_prompt: str = SYSTEM_PROMPT
 ) -> list[dict[str, str]]:
-    """The chat messages of one turn (system + one user message), step-wise and bounded."""
+    """The chat messages of one turn (system + one user message), step-wise and bounded.
+
+    When the turn has tools (:attr:`TurnContext.turn_tools`) the default system prompt and the
+    answer line ask for a tool call; the tools themselves are not in these messages but passed
+    to the chat template (or the server) beside them.
+    """
     obs = ctx.observation
+    tools = ctx.turn_tools
+    if tools and system_prompt == SYSTEM_PROMPT:
+        system_prompt = TOOLS_SYSTEM_PROMPT
     parts = []
     if obs.task:
         parts.append(f"Task: {obs.task}")
@@ -99,7 +129,7 @@ def build_messages(
     parts.append(f"Current observation:\n{obs.text}")
     if obs.admissible_actions:
         parts.append("Admissible actions: " + ", ".join(obs.admissible_actions))
-    parts.append("Answer with <action>...</action>.")
+    parts.append(answer_instruction(tools))
     return [
         {"role": "system", "content": system_prompt},
         {"role": "user", "content": "\n\n".join(parts)},

@@ -21,7 +21,7 @@ import importlib
 import inspect
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from agentgym.core import Env, EnvWrapper
@@ -61,6 +61,10 @@ class EnvSpec:
         eval_split: the held-out split ``agentgym eval`` plays unless ``--split`` says otherwise
             (passed to the env as ``split=...``); ``None``: the env has no separate held-out
             split, or the spec already names the one it plays.
+        tools: the env's actions as OpenAI function tools (:mod:`agentgym.tools`), presented
+            to model-backed policies every turn unless an observation carries its own; a call
+            arrives as the action ``{"tool": name, **arguments}`` (JSON). ``None``: the env
+            declares no tools (actions are text).
     """
 
     id: str
@@ -71,6 +75,7 @@ class EnvSpec:
     extras: str | None = None
     fast: bool = False
     eval_split: str | None = None
+    tools: tuple[dict[str, Any], ...] | None = None
 
     @property
     def family(self) -> str:
@@ -91,6 +96,7 @@ class EnvSpec:
             "extras": self.extras,
             "fast": self.fast,
             "eval_split": self.eval_split,
+            "tools": list(self.tools) if self.tools is not None else None,
         }
 
 
@@ -116,9 +122,14 @@ def register(
     extras: str | None = None,
     fast: bool = False,
     eval_split: str | None = None,
+    tools: Sequence[dict[str, Any]] | None = None,
     override: bool = False,
 ) -> EnvSpec:
-    """Register an environment under ``id`` (``family/Name-vN``) and return its spec."""
+    """Register an environment under ``id`` (``family/Name-vN``) and return its spec.
+
+    ``tools`` (OpenAI function schemas) are validated here, so a bad schema fails at import of
+    the family rather than in the middle of a run.
+    """
     if not _ID_RE.match(id):
         raise ValueError(f"invalid env id {id!r}: use 'family/Name-vN', e.g. 'textworld/Simple-v0'")
     if isinstance(entry_point, str) and ":" not in entry_point:
@@ -127,6 +138,10 @@ def register(
         )
     if max_turns is not None and max_turns < 1:
         raise ValueError(f"max_turns must be >= 1 or None, got {max_turns} for {id}")
+    if tools is not None:
+        from agentgym.tools import validate_tools
+
+        tools = validate_tools(tools, where=f"{id} tools")
     if id in registry and not override:
         raise ValueError(f"{id} is already registered; pass override=True to replace it")
     s = EnvSpec(
@@ -138,6 +153,7 @@ def register(
         extras=extras,
         fast=fast,
         eval_split=eval_split,
+        tools=tuple(tools) if tools is not None else None,
     )
     registry[id] = s
     return s

@@ -8,14 +8,17 @@ and all active slots are stepped together, one batched policy call per turn.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from agentgym.core import Observation
 from agentgym.policies import Policy, TurnContext
 from agentgym.pool import EnvPool
+from agentgym.tools import tool_error_note
 from agentgym.trajectory import (
     TOKEN_KEYS,
     TokenRecord,
@@ -147,6 +150,17 @@ def episode_metric_sums(trajs: Sequence[Trajectory]) -> dict[str, float]:
     return sums
 
 
+def _with_tool_error(obs: Observation, extras: dict[str, Any]) -> Observation:
+    """The next observation, opened by what was wrong with the reply's tool call, if it was.
+
+    The policy could not turn a malformed call into an action, so the env only saw an empty or
+    invalid one; the model learns what it got wrong from this line (:mod:`agentgym.tools`)."""
+    problem = extras.get("tool_call_error")
+    if not problem:
+        return obs
+    return dataclasses.replace(obs, text=f"{tool_error_note(problem)}\n\n{obs.text}")
+
+
 def rollout(
     pool: EnvPool,
     policy: Policy,
@@ -187,6 +201,7 @@ def rollout(
     slots: dict[int, _Slot] = {}
     done: list[Trajectory] = []
     env_id = pool.spec.id
+    spec_tools = getattr(pool.spec, "tools", None)
 
     def start(indices: list[int]) -> None:
         reqs: dict[int, Any] = {}
@@ -217,7 +232,9 @@ def rollout(
                 traj.crashed = traj.truncated = True
                 finish(traj)
                 continue
-            slots[i] = _Slot(traj=traj, ctx=TurnContext(env_id=env_id, observation=obs))
+            slots[i] = _Slot(
+                traj=traj, ctx=TurnContext(env_id=env_id, observation=obs, tools=spec_tools)
+            )
 
     def finish(traj: Trajectory) -> None:
         done.append(traj)
@@ -262,7 +279,7 @@ def rollout(
                 )
             )
             slot.ctx.history.append((slot.ctx.observation.text, out.action))
-            slot.ctx.observation = res.observation
+            slot.ctx.observation = _with_tool_error(res.observation, extras)
             slot.ctx.turn += 1
             if res.done:
                 t = slot.traj

@@ -84,12 +84,32 @@ def _msgs(text: str) -> list[dict]:
     return build_messages(_ctx(text))
 
 
+#: The observation of ``test/ToolShell-v0`` (an env that declares TOOLS) in the rollout test,
+#: and the call taught for it (keys in the other order, so that it parts from GOOD_CALL before
+#: the point where GOOD_CALL and BAD_CALL part).
+ENV_PROMPT = "show me the files"
+ENV_CALL = '<tool_call>\n{"arguments": {"command": "ls"}, "name": "bash"}\n</tool_call>'
+
+
+def _env_msgs() -> list[dict]:
+    """The messages OpenAIPolicy sends on ToolShell's turn: the env declares the tools, so the
+    prompt asks for a tool call."""
+    ctx = TurnContext(env_id="test/ToolShell-v0", observation=Observation(text=ENV_PROMPT))
+    ctx.tools = tuple(TOOLS)
+    return build_messages(ctx)
+
+
+def _taught() -> list[tuple[list[dict], str]]:
+    """(messages, reply) the tool model learns: REPLIES, and ToolShell's turn -> ENV_CALL."""
+    return [(_msgs(p), r) for p, r in REPLIES.items()] + [(_env_msgs(), ENV_CALL)]
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from agentgym.trainers.tiny_model import init_model
 
     # The tokenizer learns the taught prompts and replies, so they are short sequences.
-    texts = [_render(_msgs(p)) for p in REPLIES] + list(REPLIES.values())
+    texts = [_render(m) for m, _ in _taught()] + [r for _, r in _taught()]
     texts = texts * 10
     return init_model(tmp_path_factory.mktemp("m") / "tiny", texts, vocab_size=600, hidden_size=32)
 
@@ -102,8 +122,8 @@ def tool_model_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     engine = ChatEngine(model_dir, device="cpu")
     tok, model = engine.tokenizer, engine.model
     seqs = []
-    for prompt, reply in REPLIES.items():
-        text = engine.render_messages(_msgs(prompt), TOOLS)
+    for messages, reply in _taught():
+        text = engine.render_messages(messages, TOOLS)
         p = tok(text, add_special_tokens=False)["input_ids"]
         r = tok(reply, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         seqs.append((p, r))
@@ -374,3 +394,24 @@ def test_openai_policy_acts_through_tool_calls(server: ModelServer) -> None:
     assert good.extras["tool_calls"][0]["function"]["name"] == "bash"
     # The malformed call came back as text: no tool call, no <action> tag, so not a valid turn.
     assert not bad.format_ok and "tool_calls" not in bad.extras
+
+
+def test_rollout_sends_the_envs_tools_and_its_call_reaches_the_env(server: ModelServer) -> None:
+    """A real rollout against ``agentgym serve``: the env's spec declares TOOLS, the policy (given
+    no tools of its own) sends them, the server parses the model's call into ``tool_calls`` and
+    the env receives its JSON action."""
+    import tool_toy_env
+
+    from agentgym.pool import EnvPool
+    from agentgym.rollout import rollout
+
+    pol = OpenAIPolicy(server.url, model="tool-tiny", max_tokens=48)
+    tool_toy_env.ToolShell.received.clear()
+    kwargs = {"prompt": ENV_PROMPT}
+    with EnvPool("test/ToolShell-v0", num_envs=1, backend="sync", env_kwargs=kwargs) as pool:
+        (traj,) = rollout(pool, pol, num_groups=1)
+    pol.close()
+    (turn,) = traj.turns
+    assert turn.policy["tool_calls"][0]["function"]["name"] == "bash"  # parsed by the server
+    assert tool_toy_env.ToolShell.received == ['{"tool": "bash", "command": "ls"}']
+    assert traj.won and turn.valid

@@ -40,12 +40,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from agentgym.core import Observation
-from agentgym.policies import SYSTEM_PROMPT
+from agentgym.policies import SYSTEM_PROMPT, TOOLS_SYSTEM_PROMPT, answer_instruction
+from agentgym.serving.tools import render_chat
 
 __all__ = [
     "CONTEXTS",
     "DRIFT_CHECKS",
     "CONVERSATION_SYSTEM_PROMPT",
+    "CONVERSATION_TOOLS_SYSTEM_PROMPT",
     "Conversation",
     "Drift",
     "DriftError",
@@ -58,10 +60,13 @@ DRIFT_CHECKS = ("error", "log", "off")
 
 log = logging.getLogger(__name__)
 
-CONVERSATION_SYSTEM_PROMPT = SYSTEM_PROMPT.replace(
+_SEES = (
     "Each turn you see the task, your recent history and the current observation.",
     "The conversation holds the task, your earlier replies and what the environment answered.",
 )
+CONVERSATION_SYSTEM_PROMPT = SYSTEM_PROMPT.replace(*_SEES)
+#: The system prompt of an episode whose env declares tools.
+CONVERSATION_TOOLS_SYSTEM_PROMPT = TOOLS_SYSTEM_PROMPT.replace(*_SEES)
 
 #: A neutral exchange used to learn how a template renders one more message when the kept text
 #: no longer matches a fresh rendering (after a drift), see :meth:`Conversation._piece`.
@@ -76,16 +81,19 @@ class DriftError(RuntimeError):
     """The kept tokens of a conversation no longer match a fresh rendering of it."""
 
 
-def observation_message(obs: Observation, *, first: bool) -> str:
+def observation_message(
+    obs: Observation, *, first: bool, tools: Sequence[dict[str, Any]] | None = None
+) -> str:
     """The env's message of one turn: the task (first turn only), the observation, the
-    admissible actions and the answer format (the step-wise prompt's pieces, without history)."""
+    admissible actions and the answer format (the step-wise prompt's pieces, without history):
+    a tool call when the episode has ``tools``."""
     parts = []
     if first and obs.task:
         parts.append(f"Task: {obs.task}")
     parts.append(f"Observation:\n{obs.text}")
     if obs.admissible_actions:
         parts.append("Admissible actions: " + ", ".join(obs.admissible_actions))
-    parts.append("Answer with <action>...</action>.")
+    parts.append(answer_instruction(tools))
     return "\n\n".join(parts)
 
 
@@ -130,10 +138,26 @@ class Conversation:
     Call :meth:`observe` with each new observation, :meth:`prompt` for the ids to decode from,
     then :meth:`reply` with the sampled ids. ``ids`` / ``text`` hold the kept sequence up to the
     end of the last message (the generation prompt is added by :meth:`prompt`).
+
+    ``tools`` (OpenAI function schemas) are presented in every rendering, through the template's
+    ``tools`` support or a Hermes system block (:func:`agentgym.serving.tools.render_chat`); they
+    live in the header, so they are fixed for the episode. With tools the default system prompt
+    and each env message ask for a tool call.
     """
 
-    def __init__(self, tokenizer: Any, *, system_prompt: str = CONVERSATION_SYSTEM_PROMPT) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        system_prompt: str | None = None,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> None:
         self.tok = tokenizer
+        self.tools = tuple(tools) if tools else None
+        if system_prompt is None:
+            system_prompt = (
+                CONVERSATION_TOOLS_SYSTEM_PROMPT if self.tools else CONVERSATION_SYSTEM_PROMPT
+            )
         self.system_prompt = system_prompt
         self.turns: list[_Turn] = []
         self.window_start = 0
@@ -150,11 +174,14 @@ class Conversation:
         if turn < len(self.turns):
             del self.turns[turn:]
             self.window_start = min(self.window_start, turn)
-            self.turns.append(_Turn(observation_message(obs, first=turn == 0)))
+            self.turns.append(_Turn(self._message(obs, turn)))
             self._rebuild()
             return
-        self.turns.append(_Turn(observation_message(obs, first=turn == 0)))
+        self.turns.append(_Turn(self._message(obs, turn)))
         self._add_user(self.turns[-1].user)
+
+    def _message(self, obs: Observation, turn: int) -> str:
+        return observation_message(obs, first=turn == 0, tools=self.tools)
 
     def reply(self, ids: Sequence[int]) -> None:
         """Append the model's sampled ids to the pending turn, exactly as drawn."""
@@ -273,9 +300,7 @@ class Conversation:
         return self.tok.decode(body, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def _render(self, messages: list[dict[str, str]], generation: bool) -> str:
-        return self.tok.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation
-        )
+        return render_chat(self.tok, messages, self.tools, add_generation_prompt=generation)
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"]) if text else []

@@ -12,6 +12,14 @@ With ``context="conversation"`` the episode is instead one token sequence that g
 sampled ids are kept as drawn, and ``extras`` adds ``window_start`` (the first turn still in the
 context window) and, when the drift check only logs, ``drift``.
 
+Tools: when the env declares tools (:attr:`agentgym.policies.TurnContext.turn_tools`), the
+prompt presents them through the chat template's ``tools`` support, or, for a template without
+it, as the Hermes system block (:func:`agentgym.serving.tools.render_chat`, the renderer
+``agentgym serve`` uses). A reply's ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
+becomes the env's JSON action ``{"tool": name, **arguments}``
+(:func:`agentgym.tools.reply_action`); a malformed call is an invalid turn with
+``extras["tool_call_error"]``, which the rollout puts at the top of the next observation.
+
 Loading and decoding are the core's, shared with ``agentgym serve``:
 :func:`agentgym.models.load_model` and :func:`agentgym.decoding.decode`, which keeps the log-probs
 exact and draws from this policy's private ``torch.Generator``, so a run is reproducible from its
@@ -28,7 +36,9 @@ from typing import Any
 
 from agentgym.decoding import SamplingParams, decode
 from agentgym.models import load_model, resolve_device
-from agentgym.policies import PolicyOutput, TurnContext, build_messages, parse_action
+from agentgym.policies import PolicyOutput, TurnContext, build_messages
+from agentgym.serving.tools import render_chat
+from agentgym.tools import reply_action
 from agentgym.trainers.conversation import CONTEXTS, DRIFT_CHECKS, Conversation, DriftError
 from agentgym.trainers.conversation import log as conversation_log
 
@@ -36,7 +46,8 @@ __all__ = ["HFPolicy", "load_model", "resolve_device"]
 
 
 class HFPolicy:
-    """Batched sampling from a local causal LM; answers parsed with ``<action>...</action>``.
+    """Batched sampling from a local causal LM; answers parsed as a Hermes tool call (when the
+    env declares tools) or ``<action>...</action>``.
 
     Args:
         model, tokenizer: a loaded causal LM and its tokenizer (see :meth:`from_pretrained`).
@@ -132,6 +143,7 @@ class HFPolicy:
             self.tokenizer,
             build_messages(ctx, history_len=self.history_len),
             self.max_prompt_tokens,
+            tools=ctx.turn_tools,
         )
 
     # -- acting -------------------------------------------------------------------------------
@@ -150,7 +162,11 @@ class HFPolicy:
         for ctx in contexts:
             conv = ctx.memory.get("conversation")
             if conv is None:
-                conv = ctx.memory["conversation"] = Conversation(self.tokenizer)
+                # The tools of the first turn hold for the episode: they are rendered in the
+                # header, which the kept sequence never rewrites.
+                conv = ctx.memory["conversation"] = Conversation(
+                    self.tokenizer, tools=ctx.turn_tools
+                )
             conv.observe(ctx.observation, ctx.turn)
             prompt = conv.prompt(self.max_prompt_tokens)
             note: dict[str, object] = {"window_start": prompt.window_start}
@@ -207,25 +223,35 @@ def decode_outputs(
     logprobs: Sequence[list[float]],
     **extras: Any,
 ) -> list[PolicyOutput]:
-    """Policy outputs of generated replies: decoded text, the parsed ``<action>``, and the token
-    ids and log-probs a trainer needs (plus ``extras`` in every output's ``extras``)."""
+    """Policy outputs of generated replies: decoded text, the action (a Hermes tool call or the
+    ``<action>`` tag, :func:`agentgym.tools.reply_action`), and the token ids and log-probs a
+    trainer needs (plus ``extras`` in every output's ``extras``). A malformed tool call is an
+    invalid turn whose ``extras["tool_call_error"]`` says what was wrong."""
     outs = []
     for p, r, lp in zip(prompts, responses, logprobs):
         text = tokenizer.decode(r, skip_special_tokens=True)
-        action, ok = parse_action(text)
+        action, ok, problem = reply_action(text)
+        more = {"tool_call_error": problem} if problem else {}
         outs.append(
             PolicyOutput(
                 action=action,
                 response=text,
                 format_ok=ok,
-                extras={"prompt_ids": p, "response_ids": r, "logprobs": lp, **extras},
+                extras={"prompt_ids": p, "response_ids": r, "logprobs": lp, **extras, **more},
             )
         )
     return outs
 
 
-def encode_prompt(tokenizer: Any, messages: list[dict[str, str]], max_tokens: int) -> list[int]:
-    """Chat-template ``messages`` (with the generation prompt) into token ids, keeping the tail."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def encode_prompt(
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    max_tokens: int,
+    *,
+    tools: Sequence[dict[str, Any]] | None = None,
+) -> list[int]:
+    """Chat-template ``messages`` (with the generation prompt, and ``tools`` presented if any)
+    into token ids, keeping the tail."""
+    text = render_chat(tokenizer, messages, tools)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     return ids[-max_tokens:] if len(ids) > max_tokens else ids

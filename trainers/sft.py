@@ -82,7 +82,15 @@ class _PromptingExpert:
 
     def _messages(self, ctx: TurnContext) -> list[dict[str, str]]:
         """The prompt's messages: step-wise, or the conversation so far (kept in the episode's
-        ``ctx.memory``) with this turn's env message."""
+        ``ctx.memory``) with this turn's env message.
+
+        Rendered without the env's tools: the labels are the expert's text moves in
+        ``<action>`` tags (which envs with tools keep accepting), and a prompt asking for a tool
+        call would contradict them. Turning expert moves into tool calls needs each env's
+        mapping from text to call (docs/conversation.md, "Tools")."""
+        ctx = dataclasses.replace(
+            ctx, tools=None, observation=dataclasses.replace(ctx.observation, tools=None)
+        )
         if self.context != "conversation":
             return build_messages(ctx, history_len=self.history_len)
         from agentgym.trainers.conversation import CONVERSATION_SYSTEM_PROMPT, observation_message

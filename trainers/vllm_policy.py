@@ -256,6 +256,7 @@ class VLLMPolicy:
             self.tokenizer,
             build_messages(ctx, history_len=self.history_len),
             self.max_prompt_tokens,
+            tools=ctx.turn_tools,
         )
 
     # -- acting -------------------------------------------------------------------------------

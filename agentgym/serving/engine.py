@@ -17,7 +17,12 @@ from typing import Any
 from agentgym.decoding import SamplingParams, TokenCallback, decode
 from agentgym.models import load_model, resolve_device
 from agentgym.serving.protocol import Choice, GenerationRequest, RequestError
-from agentgym.serving.tools import TOOL_CALL_OPEN, _hermes_messages, parse_tool_calls
+from agentgym.serving.tools import (
+    TOOL_CALL_OPEN,
+    parse_tool_calls,
+    render_chat,
+    template_has_tools,
+)
 
 __all__ = ["ChatEngine"]
 
@@ -48,7 +53,7 @@ class ChatEngine:
             )
         # A template that never mentions tools would drop them silently; those get the tools as
         # a Hermes-style system block instead (see render_messages).
-        self.template_has_tools = isinstance(template, str) and "tools" in template
+        self.template_has_tools = template_has_tools(self.tokenizer)
         cfg = self.model.config
         self.max_context = int(getattr(cfg, "max_position_embeddings", 0) or 1 << 30)
         eos: set[int] = set()
@@ -81,13 +86,7 @@ class ChatEngine:
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
     ) -> str:
         """The prompt text: the chat template applied, with ``tools`` presented if given."""
-        if tools and not self.template_has_tools:
-            messages = _hermes_messages(messages, tools)
-            tools = None
-        kwargs: dict[str, Any] = {"add_generation_prompt": True, "tokenize": False}
-        if tools:
-            kwargs["tools"] = tools
-        return self.tokenizer.apply_chat_template(messages, **kwargs)
+        return render_chat(self.tokenizer, messages, tools)
 
     def encode(self, req: GenerationRequest) -> list[int]:
         """Tokenise ``req``'s prompt; raise :class:`RequestError` when it does not fit."""

@@ -1,5 +1,10 @@
-"""Tool calls in the Hermes format: presenting ``tools`` to a template without tools support, and
-reading ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` back out of a reply.
+"""Tool calls in the Hermes format: presenting ``tools`` to a chat template (its own ``tools``
+support, or a Hermes system block for a template without it), and reading
+``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` back out of a reply.
+
+The server (:mod:`agentgym.serving.engine`) and the trainer's policies
+(:mod:`agentgym.trainers.hf_policy`, conversation mode) render through :func:`render_chat`, so a
+model sees tools the same way wherever it runs.
 
 A malformed call is never an error: the reply stays plain ``content`` and the problem is logged.
 """
@@ -9,9 +14,16 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["TOOL_CALL_CLOSE", "TOOL_CALL_OPEN", "parse_tool_calls"]
+__all__ = [
+    "TOOL_CALL_CLOSE",
+    "TOOL_CALL_OPEN",
+    "parse_tool_calls",
+    "render_chat",
+    "template_has_tools",
+]
 
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 _TOOL_CALL_RE = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
@@ -63,6 +75,34 @@ def _hermes_messages(
         else:
             out.append({"role": m["role"], "content": m.get("content") or ""})
     return out
+
+
+def template_has_tools(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template reads ``tools`` (a template that never mentions them
+    would drop them silently)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # named templates: the default one is used
+        template = template.get("default")
+    return isinstance(template, str) and "tools" in template
+
+
+def render_chat(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None = None,
+    *,
+    add_generation_prompt: bool = True,
+) -> str:
+    """``messages`` through the chat template, with ``tools`` presented if any: passed as
+    ``apply_chat_template(..., tools=...)`` when the template reads them, else as the Hermes
+    system block of :func:`_hermes_messages` (what Qwen2.5's template writes)."""
+    kwargs: dict[str, Any] = {"add_generation_prompt": add_generation_prompt, "tokenize": False}
+    if tools:
+        if template_has_tools(tokenizer):
+            kwargs["tools"] = list(tools)
+        else:
+            messages = _hermes_messages(messages, list(tools))
+    return tokenizer.apply_chat_template(messages, **kwargs)
 
 
 def parse_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]] | None, str]:

@@ -1,5 +1,6 @@
 """SWE: repository-level bug fixing with tools in hardened Docker sandboxes (SWE-bench format)."""
 
+from agentgym.environments.swe.tools import SWE_TOOLS
 from agentgym.registration import register
 
 register(
@@ -9,6 +10,7 @@ register(
     kwargs={"dataset": "builtin"},
     description="fix one of 26 bugs in 5 small Python repos with bash/view/replace tools",
     extras="swe",
+    tools=SWE_TOOLS,
 )
 register(
     id="swe/Dataset-v0",
@@ -17,4 +19,5 @@ register(
     kwargs={"dataset": "builtin"},
     description="SWE-bench style tasks from a JSONL file (dataset=..., repos_dir=...)",
     extras="swe",
+    tools=SWE_TOOLS,
 )

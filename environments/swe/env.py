@@ -18,6 +18,8 @@ per turn, written either as JSON or in a tagged form::
                                                              >>>>>>> NEW
     {"tool": "submit"}                                       submit
 
+The same tools are declared as OpenAI function schemas (:data:`~.tools.SWE_TOOLS`, on the
+spec's ``tools``), so a chat model can call them natively: its call arrives as the JSON form.
 ``replace`` needs ``old`` to occur exactly once. Tool output is cut to ``max_obs_chars`` (head and
 tail kept). An action that is not a valid tool call is answered with the syntax and
 ``valid=False``; it does not end the episode.
@@ -53,8 +55,9 @@ from typing import Any
 
 from agentgym.core import Env, Observation
 from agentgym.environments.swe.tasks import SWETask, load_tasks
+from agentgym.environments.swe.tools import SWE_TOOLS
 
-__all__ = ["SWEEnv", "parse_tool_call", "ToolCall", "TOOLS_HELP"]
+__all__ = ["SWEEnv", "parse_tool_call", "ToolCall", "TOOLS_HELP", "SWE_TOOLS"]
 
 TOOLS_HELP = """\
 Tools (one per turn), as JSON or in the tagged form:
@@ -124,20 +127,23 @@ def parse_tool_call(action: str) -> tuple[ToolCall | None, str]:
     return None, f"unknown tool {name!r}"
 
 
+#: Each tool's required arguments, from its declared schema (one source of truth for both forms).
+_REQUIRED = {t["function"]["name"]: t["function"]["parameters"]["required"] for t in SWE_TOOLS}
+#: Arguments that may be empty strings (a file's content, a replacement that deletes).
+_MAY_BE_EMPTY = ("content", "new")
+
+
 def _check(call: ToolCall) -> tuple[ToolCall | None, str]:
     tool = call["tool"]
-    need = {
-        "bash": ("command",),
-        "view": ("path",),
-        "create": ("path", "content"),
-        "replace": ("path", "old", "new"),
-        "submit": (),
-    }
-    if tool not in need:
-        return None, f"unknown tool {tool!r}; tools: {', '.join(need)}"
-    for k in need[tool]:
-        if not isinstance(call.get(k), str) or (k != "content" and k != "new" and not call[k]):
+    if tool not in _REQUIRED:
+        return None, f"unknown tool {tool!r}; tools: {', '.join(_REQUIRED)}"
+    for k in _REQUIRED[tool]:
+        if not isinstance(call.get(k), str) or (k not in _MAY_BE_EMPTY and not call[k]):
             return None, f"{tool} needs a non-empty string {k!r}"
+    for k in ("start", "end"):
+        v = call.get(k)
+        if tool == "view" and v is not None and (type(v) is not int or v < 1):
+            return None, f"view's {k!r} must be a line number (an integer >= 1), got {v!r}"
     return call, ""
 
 

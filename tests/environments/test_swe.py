@@ -64,6 +64,51 @@ def test_parse_tool_calls() -> None:
         assert call is None and err, bad
 
 
+def test_declared_tools_are_valid_and_are_the_json_form() -> None:
+    """The spec declares the five actions as OpenAI tools; check_env's schema check accepts
+    them (the Docker test runs check_env on the env itself), and a model's Hermes call of each,
+    read by the policies' parser, is a valid tool call for the env."""
+    import dataclasses
+
+    import agentgym
+    from agentgym.checker import EnvCheckError, check_env
+    from agentgym.environments.swe.tools import SWE_TOOLS
+    from agentgym.tools import reply_action, tool_names
+
+    assert agentgym.spec("swe/Builtin-v0").tools == SWE_TOOLS
+    assert agentgym.spec("swe/Dataset-v0").tools == SWE_TOOLS
+    import tool_toy_env  # noqa: F401  (a Docker-free env to carry the tools through check_env)
+
+    carrier = agentgym.spec("test/ToolDoors-v0")
+    check_env(agentgym.make(dataclasses.replace(carrier, tools=SWE_TOOLS)))
+    broken = [dict(t) for t in SWE_TOOLS]
+    broken[1] = {"type": "function", "function": {**SWE_TOOLS[1]["function"], "name": "view file"}}
+    with pytest.raises(EnvCheckError, match=r"spec tools\[1\].function.name is 'view file'"):
+        check_env(agentgym.make(dataclasses.replace(carrier, tools=tuple(broken))))
+
+    examples = {
+        "bash": {"command": "python3 -m pytest -q"},
+        "view": {"path": "pkg/mod.py", "start": 3, "end": 9},
+        "create": {"path": "notes.txt", "content": "a\nb\n"},
+        "replace": {"path": "pkg/mod.py", "old": "x = 1", "new": "x = 2"},
+        "submit": {},
+    }
+    assert sorted(examples) == sorted(tool_names(SWE_TOOLS))
+    for tool in SWE_TOOLS:
+        name, params = tool["function"]["name"], tool["function"]["parameters"]
+        args = examples[name]
+        assert set(args) <= set(params["properties"])
+        reply = f"<tool_call>{json.dumps({'name': name, 'arguments': args})}</tool_call>"
+        action, ok, problem = reply_action(reply)
+        assert ok and not problem
+        assert parse_tool_call(action) == ({"tool": name, **args}, "")
+        for k in params["required"]:  # each required argument is required by the env too
+            rest = {a: v for a, v in args.items() if a != k}
+            assert parse_tool_call(json.dumps({"tool": name, **rest}))[0] is None, (name, k)
+    call, err = parse_tool_call('{"tool": "view", "path": "a.py", "start": "three"}')
+    assert call is None and "'start' must be a line number" in err
+
+
 def test_parse_pytest_log() -> None:
     log = (
         "PASSED tests/t.py::test_a\nFAILED tests/t.py::test_b - AssertionError: x\n"
@@ -109,6 +154,24 @@ def test_env_passes_check_env(docker_ready) -> None:
     from agentgym.checker import check_env
 
     check_env(agentgym.make("swe/Builtin-v0", tasks=["mathx-1"]))
+
+
+@pytest.mark.docker
+def test_hermes_tool_calls_drive_the_env(docker_ready) -> None:
+    import agentgym
+    from agentgym.tools import reply_action
+
+    with agentgym.make("swe/Builtin-v0") as env:
+        env.reset(options={"task": "intervals-4"})
+        args = {"path": "intervals/ranges.py", "start": 20, "end": 24}
+        action, ok, _ = reply_action(
+            f"<tool_call>{json.dumps({'name': 'view', 'arguments': args})}</tool_call>"
+        )
+        o, r, te, tr, i = env.step(action)
+        assert ok and i["valid"] and "lines 20-24" in o.text
+        action, ok, problem = reply_action('<tool_call>{"name": "bash", "arguments": {</tool_call>')
+        o, r, te, tr, i = env.step(action)  # a malformed call: the policy sends no action
+        assert not ok and problem and not i["valid"] and not te and "empty action" in o.text
 
 
 @pytest.mark.docker
