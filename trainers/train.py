@@ -70,6 +70,7 @@ class _Run:
     eval_pool: Any
     eval_seed: int
     lora: dict[str, Any] | None
+    rollouts: Any = None  # the RolloutWorker, once started
 
     def evaluate(self, policy: Any) -> dict[str, Any]:
         """Greedy held-out evaluation; under torchrun each rank plays a block of episodes."""
@@ -85,6 +86,8 @@ class _Run:
             )
 
     def close(self) -> None:
+        if self.rollouts is not None:  # first: it plays in the train pool
+            self.rollouts.close()
         for closer in (self.train_pool, self.eval_pool, self.writer, self.logger):
             if closer is not None:
                 closer.close()
@@ -98,6 +101,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from agentgym.trainers.checkpoint import rng_state
     from agentgym.trainers.learner import apply_penalty
     from agentgym.trainers.metrics import eval_record, train_metrics
+    from agentgym.trainers.rollout_worker import staleness
     from agentgym.trainers.stability_loop import dynamic_record
 
     run = _open_run(cfg)
@@ -110,15 +114,16 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         learner = _learner(run, train_model, policy, state)
         start_step = state.get("step", 0)
         guard = _guard(run, learner, state, start_step)
+        rollouts = _rollouts(run, policy, model, tok, state, start_step)
         bar = tqdm(total=cfg.steps, initial=start_step, desc=cfg.algo, disable=_quiet(run))
         for step in range(start_step + 1, cfg.steps + 1):
-            t0 = time.perf_counter()
-            # -- collect: rank r plays its block [g0, g1) of whole groups (seeds as in one process)
-            policy.version = step - 1  # updates the weights have had: recorded with each turn
+            # -- collect: the rollout worker plays this rank's block [g0, g1) of whole groups
+            # (seeds as in one process); with --async-staleness K it played them already, with
+            # weights at most K updates old, while the previous steps trained
             with ctx.generation(model):  # one block: FSDP2 gathers the weights once per step
-                got = _collect(run, policy, step)
+                batch, wait_s = rollouts.get(step)
+            got = batch.got
             mine = got.mine  # sorted by id: finish order varies; credit and batches must not
-            t_roll = time.perf_counter() - t0
             # -- batch -> pieces annotate -> advantages -> samples -> update -> pieces update
             t1 = time.perf_counter()
             dyn = dynamic_record(ctx, got.stats) if got.stats is not None else {}
@@ -134,7 +139,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 )
             model.eval()
             # -- log ---------------------------------------------------------------------------
-            times = ctx.all_reduce([t_roll, time.perf_counter() - t1], op="max")  # slowest rank
+            times = ctx.all_reduce(  # the slowest rank
+                [batch.seconds, time.perf_counter() - t1, wait_s], op="max"
+            )
             stats = learned.stats if learned is not None else {}
             samples = learned.samples if learned is not None else []
             shaped = apply_penalty(got.played, cfg.invalid_penalty)  # all played, dropped too
@@ -147,6 +154,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 **({"dynamic/skipped": int(learned is None)} if dyn else {}),
                 "time/rollout_s": times[0],
                 "time/update_s": times[1],
+                "time/wait_s": times[2],
+                "async/staleness": staleness(got.played, step, batch.version),
             }
             if guard is not None:
                 record.update(
@@ -175,6 +184,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 if guard is not None:
                     state_out["guard"] = guard.state_dict()
                 _save(run, step, model, learner, tok, state_out)
+            if step < cfg.steps:  # the weights after `step` updates, for the rollouts to come
+                rollouts.publish(model, step)
         bar.close()
         # -- final evaluation ------------------------------------------------------------------
         # With no RL step the model is the one just evaluated (greedy: the same episodes again).
@@ -226,6 +237,12 @@ def _open_run(cfg: TrainConfig) -> _Run:
             raise FileNotFoundError(
                 f"--resume: {found} in {out / 'checkpoints'}; start without --resume"
             )
+    if ctx.enabled and (cfg.async_staleness or cfg.rollout_engine != "hf"):
+        raise ValueError(
+            f"async_staleness={cfg.async_staleness}, rollout_engine={cfg.rollout_engine!r}: "
+            "under torchrun rollouts run synchronously on the HF engine; use "
+            "--async-staleness 0 --rollout-engine hf, or one process"
+        )
     if ctx.enabled:
         if cfg.groups_per_step < ctx.world_size:
             raise ValueError(
@@ -451,9 +468,55 @@ def _learner(run: _Run, train_model: Any, policy: Any, state: dict[str, Any]) ->
     return learner
 
 
-def _collect(run: _Run, policy: Any, step: int) -> Any:
+def _rollouts(
+    run: _Run, policy: Any, model: Any, tok: Any, state: dict[str, Any], start_step: int
+) -> Any:
+    """The started :class:`~agentgym.trainers.rollout_worker.RolloutWorker` of steps
+    ``start_step + 1 .. steps``: on the trainer's own policy (synchronous, HF), a copy of it
+    (``--async-staleness`` >= 1) or a vLLM engine (``--rollout-engine vllm``).
+
+    The copy's sampling generator is seeded from the seed and the step the run starts at, so a
+    resumed asynchronous run samples reproducibly from its resume point (not as the
+    uninterrupted run did: its in-flight rollouts are discarded and collected again)."""
+    from agentgym.trainers.rollout_worker import HFEngine, RolloutWorker, VLLMEngine
+
+    cfg = run.cfg
+    seed = cfg.seed + 1_000_033 * (start_step + 1)
+    if cfg.rollout_engine == "vllm":
+        engine: Any = VLLMEngine(_vllm_policy(cfg, state["base_model"], seed))
+    elif cfg.async_staleness:
+        engine = HFEngine.copy_of(lambda m, t: _make_policy(cfg, m, t, seed=seed), model, tok)
+    else:
+        engine = HFEngine(policy, shared=True)
+    run.rollouts = RolloutWorker(
+        lambda p, pool, step: _collect(run, p, pool, step),
+        engine,
+        run.train_pool,
+        first=start_step + 1,
+        last=cfg.steps,
+        staleness=cfg.async_staleness,
+        generate_timeout=cfg.generate_timeout,
+        step_timeout=cfg.step_timeout,
+        sync_timeout=cfg.sync_timeout,
+    )
+    return run.rollouts.start(model, start_step)
+
+
+class _VersionObserver:
+    """Writes the weights version that played an episode into its ``meta`` (before it is
+    written to ``trajectories.jsonl``)."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+
+    def episode_done(self, index: int, traj: Any) -> None:
+        traj.meta["policy_version"] = self.policy.version
+
+
+def _collect(run: _Run, policy: Any, pool: Any, step: int) -> Any:
     """This rank's episodes of RL ``step``: its block of whole groups, refilled with fresh tasks
-    under ``--dynamic-sampling`` (:func:`~agentgym.trainers.stability_loop.collect_groups`)."""
+    under ``--dynamic-sampling`` (:func:`~agentgym.trainers.stability_loop.collect_groups`).
+    Runs in the rollout worker's thread, with its (watched) policy and pool."""
     from agentgym.rollout import rollout
     from agentgym.trainers.stability_loop import collect_groups, task_seed
 
@@ -464,7 +527,7 @@ def _collect(run: _Run, policy: Any, step: int) -> Any:
 
     def play(n: int, round_: int, run_id: str) -> list[Any]:
         return rollout(
-            run.train_pool,
+            pool,
             policy,
             num_groups=n,
             group_size=cfg.group_size,
@@ -472,6 +535,7 @@ def _collect(run: _Run, policy: Any, step: int) -> Any:
             history_len=cfg.history_len,
             writer=live_writer,
             run_id=run_id,
+            observer=_VersionObserver(policy),
         )
 
     return collect_groups(
@@ -549,13 +613,13 @@ def _import_env_modules(names: Sequence[str]) -> None:
         importlib.import_module(name)
 
 
-def _make_policy(cfg: TrainConfig, model: Any, tok: Any) -> Any:
+def _make_policy(cfg: TrainConfig, model: Any, tok: Any, *, seed: int | None = None) -> Any:
     from agentgym.trainers.hf_policy import HFPolicy
 
     return HFPolicy(
         model,
         tok,
-        seed=cfg.seed,
+        seed=cfg.seed if seed is None else seed,
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
         history_len=cfg.history_len,
@@ -563,4 +627,22 @@ def _make_policy(cfg: TrainConfig, model: Any, tok: Any) -> Any:
         name="train",
         context=cfg.context,
         drift_check=cfg.drift_check,
+    )
+
+
+def _vllm_policy(cfg: TrainConfig, path: str, seed: int) -> Any:
+    """The vLLM engine of ``--rollout-engine vllm`` (its weights are the trainer's after the
+    first sync; ``path`` gives the architecture and tokenizer)."""
+    from agentgym.trainers.vllm_policy import VLLMPolicy
+
+    return VLLMPolicy(
+        path,
+        seed=seed,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        history_len=cfg.history_len,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        dtype=cfg.dtype,
+        name="train-vllm",
+        max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens,
     )
