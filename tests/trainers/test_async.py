@@ -116,26 +116,34 @@ def test_k1_trains_with_versions_at_most_one_update_old(tmp_path, tiny_model, on
     assert report["success_final"] is not None
 
 
-def test_k1_learns_the_sign_game(tmp_path, tiny_model, one_torch_thread):
-    """Learning parity, short: without SFT the tiny model rarely opens the right door; a few
-    asynchronous steps raise its training success, as the synchronous loop's do."""
+def test_k1_learns(tmp_path, tiny_model, one_torch_thread):
+    """Learning parity, short: on a one-turn game that pays for replies of two words or more
+    (WordsEnv, below), ten asynchronous steps raise the training success rate clearly (about
+    0.45 -> 0.8 here; the synchronous loop does the same)."""
     out = tmp_path / "learn"
     cfg = _small(
         out,
         tiny_model,
+        env="test/Words-v0",
+        env_kwargs={},
+        split_kwarg=None,
         steps=10,
         async_staleness=1,
         sft_episodes=0,
         groups_per_step=4,
         group_size=4,
-        lr=3e-3,
+        lr=2e-2,
         kl_coef=0.0,
+        invalid_penalty=0.0,
         save_every=0,
+        eval_episodes=4,
     )
     train(cfg)
-    success = [r["train/success"] for r in _records(out) if "train/success" in r]
+    recs = [r for r in _records(out) if "train/success" in r]
+    assert all(math.isfinite(r["loss/loss"]) for r in recs)
+    success = [r["train/success"] for r in recs]
     first, last = sum(success[:3]) / 3, sum(success[-3:]) / 3
-    assert last > first + 0.1, success
+    assert last > first + 0.15, success
 
 
 @pytest.mark.parametrize("staleness", [0, 1])
@@ -305,3 +313,20 @@ def test_a_stuck_weight_sync_is_named(pool) -> None:
             w.get(1)
     finally:
         w.close(wait_s=0.0)
+
+
+class WordsEnv(agentgym.core.Env):
+    """One turn: a reply of two words or more wins (the format is not asked for). About a third
+    of the untrained tiny model's replies do, so a few updates move the rate."""
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs = agentgym.core.Observation(text="Which door?", task="Name a door.")
+        return obs, {"task_id": f"words-{seed}"}
+
+    def step(self, action: str):
+        won = len(action.split()) >= 2
+        obs = agentgym.core.Observation(text="Done.", task="Name a door.")
+        return obs, float(won), True, False, {"won": won}
+
+
+agentgym.register("test/Words-v0", "test_async:WordsEnv", max_turns=1, override=True)
