@@ -351,11 +351,12 @@ class RolloutWorker:
         if self.channel.version == self._loaded or self.engine.shared:
             self._loaded = self.channel.version
             return self._loaded
-        with self.watchdog.call(
-            "weight sync to the rollout engine", self.sync_timeout, "sync_timeout"
+        name = "weight sync to the rollout engine"
+        with (
+            self.watchdog.call(name, self.sync_timeout, "sync_timeout"),
+            self.channel.weights() as (version, weights),
         ):
-            with self.channel.weights() as (version, weights):
-                self.engine.load(weights, self.sync_timeout)
+            self.engine.load(weights, self.sync_timeout)
         self._loaded = version
         return version
 

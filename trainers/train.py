@@ -116,6 +116,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         guard = _guard(run, learner, state, start_step)
         rollouts = _rollouts(run, policy, model, tok, state, start_step)
         bar = tqdm(total=cfg.steps, initial=start_step, desc=cfg.algo, disable=_quiet(run))
+        t_last = time.perf_counter()  # the previous step's log: time/step_s is the loop's wall
         for step in range(start_step + 1, cfg.steps + 1):
             # -- collect: the rollout worker plays this rank's block [g0, g1) of whole groups
             # (seeds as in one process); with --async-staleness K it played them already, with
@@ -155,6 +156,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 "time/rollout_s": times[0],
                 "time/update_s": times[1],
                 "time/wait_s": times[2],
+                "time/step_s": time.perf_counter() - t_last,
                 "async/staleness": staleness(got.played, step, batch.version),
             }
             if guard is not None:
@@ -169,6 +171,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                 record.update(eval_record(run.evaluate(policy)))
             run.logger.log(record)
+            t_last = time.perf_counter()
             if ctx.is_main:
                 run.clock.tick()
             bar.update(1)

@@ -92,7 +92,11 @@ def _trajectories(out: Path) -> list[Any]:
     return list(agentgym.read_trajectories(out / "trajectories.jsonl"))
 
 
-def test_k1_trains_with_versions_at_most_one_update_old(tmp_path, tiny_model, one_torch_thread):
+def test_k1_trains_with_versions_at_most_one_update_old(
+    tmp_path,
+    tiny_model,  # noqa: F811
+    one_torch_thread,
+):
     out = tmp_path / "k1"
     steps = 4
     report = train(_small(out, tiny_model, steps=steps, async_staleness=1, save_every=2))
@@ -116,7 +120,7 @@ def test_k1_trains_with_versions_at_most_one_update_old(tmp_path, tiny_model, on
     assert report["success_final"] is not None
 
 
-def test_k1_learns(tmp_path, tiny_model, one_torch_thread):
+def test_k1_learns(tmp_path, tiny_model, one_torch_thread):  # noqa: F811
     """Learning parity, short: on a one-turn game that pays for replies of two words or more
     (WordsEnv, below), ten asynchronous steps raise the training success rate clearly (about
     0.45 -> 0.8 here; the synchronous loop does the same)."""
@@ -148,7 +152,10 @@ def test_k1_learns(tmp_path, tiny_model, one_torch_thread):
 
 @pytest.mark.parametrize("staleness", [0, 1])
 def test_hung_env_stops_the_run_in_time_and_resume_recollects(
-    tmp_path, tiny_model, one_torch_thread, staleness
+    tmp_path,
+    tiny_model,  # noqa: F811
+    one_torch_thread,
+    staleness,
 ):
     """A reset that never returns stops the run after step_timeout with an error naming it; the
     step-1 checkpoint is intact, and the resumed run discards the interrupted step's episodes
@@ -330,3 +337,39 @@ class WordsEnv(agentgym.core.Env):
 
 
 agentgym.register("test/Words-v0", "test_async:WordsEnv", max_turns=1, override=True)
+
+
+def test_bench_async_reports_step_time_and_wait_for_both_loops(tmp_path, capsys) -> None:
+    """`agentgym bench async --json`, tiny: both loops train one start on Sokoban 5x5."""
+    from agentgym.cli import main
+
+    rc = main(
+        [
+            "bench",
+            "async",
+            "--json",
+            "--steps",
+            "3",
+            "--groups-per-step",
+            "2",
+            "--group-size",
+            "2",
+            "--num-envs",
+            "4",
+            "--sft-episodes",
+            "4",
+            "--out",
+            str(tmp_path),
+            *("--set", "sft_epochs=1", "--set", "corpus_episodes=8", "--set", "eval_episodes=4"),
+            *("--set", "max_new_tokens=8", "--set", "tiny_hidden_size=32"),
+        ]
+    )
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["env"] == "sokoban/Sokoban5x5-v0" and set(r["modes"]) == {"sync", "async_k1"}
+    sync, k1 = r["modes"]["sync"], r["modes"]["async_k1"]
+    for m in (sync, k1):
+        assert m["steps_timed"] == 2 and m["step_s"] > 0
+        assert 0.0 <= m["wait_fraction"] <= 1.0
+    assert sync["staleness"] == 0.0 and 0.0 < k1["staleness"] <= 1.0
+    assert r["speedup"] == pytest.approx(sync["step_s"] / k1["step_s"])
