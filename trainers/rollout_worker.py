@@ -50,6 +50,8 @@ __all__ = [
     "VLLMEngine",
     "Batch",
     "RolloutWorker",
+    "VersionObserver",
+    "start_worker",
     "staleness",
 ]
 
@@ -422,3 +424,73 @@ def staleness(trajs: Sequence[Any], step: int, fallback: int) -> float:
         if u.tokens is not None and u.tokens.policy_version is not None
     ]
     return sum(lags) / len(lags) if lags else float((step - 1) - fallback)
+
+
+class VersionObserver:
+    """Writes the weights version that played an episode into its ``meta`` (a rollout observer:
+    it runs before the episode is written to ``trajectories.jsonl``)."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+
+    def episode_done(self, index: int, traj: Any) -> None:
+        traj.meta["policy_version"] = self.policy.version
+
+
+def start_worker(
+    cfg: Any,
+    collect: Callable[[Any, Any, int], Any],
+    pool: Any,
+    *,
+    policy: Any,
+    model: Any,
+    tok: Any,
+    make_policy: Callable[[Any, Any, int], Any],
+    base_model: str,
+    start_step: int,
+) -> RolloutWorker:
+    """The started worker of a run (``cfg``: a TrainConfig) for steps ``start_step + 1 ..
+    cfg.steps``: on the trainer's own ``policy`` (synchronous, HF), on a copy made with
+    ``make_policy(model, tokenizer, seed)`` (``--async-staleness`` >= 1) or on a vLLM engine
+    built from ``base_model``'s folder (``--rollout-engine vllm``).
+
+    The engine's sampling seed comes from the run's seed and ``start_step``, so a resumed
+    asynchronous run samples reproducibly from its resume point (not as the uninterrupted run
+    did: its in-flight rollouts are discarded and collected again)."""
+    seed = cfg.seed + 1_000_033 * (start_step + 1)
+    if cfg.rollout_engine == "vllm":
+        engine: Any = VLLMEngine(_vllm_policy(cfg, base_model, seed))
+    elif cfg.async_staleness:
+        engine = HFEngine.copy_of(lambda m, t: make_policy(m, t, seed), model, tok)
+    else:
+        engine = HFEngine(policy, shared=True)
+    worker = RolloutWorker(
+        collect,
+        engine,
+        pool,
+        first=start_step + 1,
+        last=cfg.steps,
+        staleness=cfg.async_staleness,
+        generate_timeout=cfg.generate_timeout,
+        step_timeout=cfg.step_timeout,
+        sync_timeout=cfg.sync_timeout,
+    )
+    return worker.start(model, start_step)
+
+
+def _vllm_policy(cfg: Any, path: str, seed: int) -> Any:
+    """The vLLM engine of ``--rollout-engine vllm`` (``path`` gives the architecture and the
+    tokenizer; the weights are the trainer's after the first sync)."""
+    from agentgym.trainers.vllm_policy import VLLMPolicy
+
+    return VLLMPolicy(
+        path,
+        seed=seed,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        history_len=cfg.history_len,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        dtype=cfg.dtype,
+        name="train-vllm",
+        max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens,
+    )

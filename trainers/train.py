@@ -11,10 +11,12 @@ The run is assembled from small pieces, each in its own module:
 * :mod:`~agentgym.trainers.checkpoint`: checkpoints with manifests, resume bookkeeping;
 * :mod:`~agentgym.trainers.metrics`: metrics, evaluation, logging, the curve.
 
-:func:`train` reads top to bottom: setup -> model (resume, or init + SFT) -> per step: collect
-(with ``--dynamic-sampling``: drop groups of equal returns, refill) -> batch -> pieces annotate ->
+:func:`train` reads top to bottom: setup -> model (resume, or init + SFT) -> rollout worker
+(:mod:`~agentgym.trainers.rollout_worker`) -> per step: the worker's batch (collected after the
+previous update, or with ``--async-staleness K`` ahead of it; with ``--dynamic-sampling``: drop
+groups of equal returns, refill) -> batch -> pieces annotate ->
 advantages -> samples -> update -> pieces update -> collapse guard (``--guard``) -> log ->
-checkpoint -> final evaluation and report. It names no algorithm: what a combination needs is
+checkpoint -> weights to the worker -> final evaluation and report. It names no algorithm: what a combination needs is
 built by the pieces' registry. The two stability steps live in
 :mod:`~agentgym.trainers.stability_loop` (``docs/stability.md``).
 
@@ -474,46 +476,22 @@ def _learner(run: _Run, train_model: Any, policy: Any, state: dict[str, Any]) ->
 def _rollouts(
     run: _Run, policy: Any, model: Any, tok: Any, state: dict[str, Any], start_step: int
 ) -> Any:
-    """The started :class:`~agentgym.trainers.rollout_worker.RolloutWorker` of steps
-    ``start_step + 1 .. steps``: on the trainer's own policy (synchronous, HF), a copy of it
-    (``--async-staleness`` >= 1) or a vLLM engine (``--rollout-engine vllm``).
+    """The started rollout worker of steps ``start_step + 1 .. steps``
+    (:func:`~agentgym.trainers.rollout_worker.start_worker`)."""
+    from agentgym.trainers.rollout_worker import start_worker
 
-    The copy's sampling generator is seeded from the seed and the step the run starts at, so a
-    resumed asynchronous run samples reproducibly from its resume point (not as the
-    uninterrupted run did: its in-flight rollouts are discarded and collected again)."""
-    from agentgym.trainers.rollout_worker import HFEngine, RolloutWorker, VLLMEngine
-
-    cfg = run.cfg
-    seed = cfg.seed + 1_000_033 * (start_step + 1)
-    if cfg.rollout_engine == "vllm":
-        engine: Any = VLLMEngine(_vllm_policy(cfg, state["base_model"], seed))
-    elif cfg.async_staleness:
-        engine = HFEngine.copy_of(lambda m, t: _make_policy(cfg, m, t, seed=seed), model, tok)
-    else:
-        engine = HFEngine(policy, shared=True)
-    run.rollouts = RolloutWorker(
+    run.rollouts = start_worker(
+        run.cfg,
         lambda p, pool, step: _collect(run, p, pool, step),
-        engine,
         run.train_pool,
-        first=start_step + 1,
-        last=cfg.steps,
-        staleness=cfg.async_staleness,
-        generate_timeout=cfg.generate_timeout,
-        step_timeout=cfg.step_timeout,
-        sync_timeout=cfg.sync_timeout,
+        policy=policy,
+        model=model,
+        tok=tok,
+        make_policy=lambda m, t, seed: _make_policy(run.cfg, m, t, seed=seed),
+        base_model=state["base_model"],
+        start_step=start_step,
     )
-    return run.rollouts.start(model, start_step)
-
-
-class _VersionObserver:
-    """Writes the weights version that played an episode into its ``meta`` (before it is
-    written to ``trajectories.jsonl``)."""
-
-    def __init__(self, policy: Any) -> None:
-        self.policy = policy
-
-    def episode_done(self, index: int, traj: Any) -> None:
-        traj.meta["policy_version"] = self.policy.version
+    return run.rollouts
 
 
 def _collect(run: _Run, policy: Any, pool: Any, step: int) -> Any:
@@ -521,6 +499,7 @@ def _collect(run: _Run, policy: Any, pool: Any, step: int) -> Any:
     under ``--dynamic-sampling`` (:func:`~agentgym.trainers.stability_loop.collect_groups`).
     Runs in the rollout worker's thread, with its (watched) policy and pool."""
     from agentgym.rollout import rollout
+    from agentgym.trainers.rollout_worker import VersionObserver
     from agentgym.trainers.stability_loop import collect_groups, task_seed
 
     cfg, ctx = run.cfg, run.ctx
@@ -538,7 +517,7 @@ def _collect(run: _Run, policy: Any, pool: Any, step: int) -> Any:
             history_len=cfg.history_len,
             writer=live_writer,
             run_id=run_id,
-            observer=_VersionObserver(policy),
+            observer=VersionObserver(policy),
         )
 
     return collect_groups(
@@ -630,22 +609,4 @@ def _make_policy(cfg: TrainConfig, model: Any, tok: Any, *, seed: int | None = N
         name="train",
         context=cfg.context,
         drift_check=cfg.drift_check,
-    )
-
-
-def _vllm_policy(cfg: TrainConfig, path: str, seed: int) -> Any:
-    """The vLLM engine of ``--rollout-engine vllm`` (its weights are the trainer's after the
-    first sync; ``path`` gives the architecture and tokenizer)."""
-    from agentgym.trainers.vllm_policy import VLLMPolicy
-
-    return VLLMPolicy(
-        path,
-        seed=seed,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        history_len=cfg.history_len,
-        max_prompt_tokens=cfg.max_prompt_tokens,
-        dtype=cfg.dtype,
-        name="train-vllm",
-        max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens,
     )
