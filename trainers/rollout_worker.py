@@ -334,6 +334,8 @@ class RolloutWorker:
         self.channel = WeightChannel(engine, copy=staleness > 0, timeout=sync_timeout)
         self._loaded = -1
         self._step = first
+        self._asked = first - 1  # the last step the trainer asked for
+        self._ask = threading.Condition()
         self._out: queue.Queue[Batch | _Failure] = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rollout-worker", daemon=True)
@@ -367,6 +369,8 @@ class RolloutWorker:
         try:
             for step in range(self.first, self.last + 1):
                 self._step = step
+                if self.staleness == 0:  # only while the trainer waits (see _wait_for_ask)
+                    self._wait_for_ask(step)
                 self.channel.wait_for(step - 1 - self.staleness, self._stop)
                 if self._stop.is_set():
                     return
@@ -381,10 +385,22 @@ class RolloutWorker:
             if not self._stop.is_set():
                 self._out.put(_Failure(step, e))
 
+    def _wait_for_ask(self, step: int) -> None:
+        """Block until the trainer asks for ``step``. With ``K = 0`` the worker plays on the
+        trainer's own model, so it must run only inside the trainer's :meth:`get`: under FSDP2
+        a forward outside the trainer's ``generation`` block would gather weights in collectives
+        that the other ranks do not issue at that time."""
+        with self._ask:
+            while self._asked < step and not self._stop.is_set():
+                self._ask.wait(POLL_S)
+
     def get(self, step: int) -> tuple[Batch, float]:
         """Step ``step``'s batch and the seconds the trainer waited for it; raises
         :class:`RolloutTimeout` / :class:`RolloutError` when the worker hangs or fails."""
         t0 = time.perf_counter()
+        with self._ask:
+            self._asked = step
+            self._ask.notify_all()
         while True:
             try:
                 item = self._out.get(timeout=POLL_S)
