@@ -99,7 +99,8 @@ def test_k1_trains_with_versions_at_most_one_update_old(
 ):
     out = tmp_path / "k1"
     steps = 4
-    report = train(_small(out, tiny_model, steps=steps, async_staleness=1, save_every=2))
+    cfg = _small(out, tiny_model, steps=steps, async_staleness=1, keep_checkpoints=0, tis_cap=2.0)
+    report = train(cfg)
     recs = [r for r in _records(out) if "train/success" in r]
     assert [r["step"] for r in recs] == list(range(1, steps + 1))
     for r in recs:
@@ -118,6 +119,14 @@ def test_k1_trains_with_versions_at_most_one_update_old(
         assert step - 2 <= version <= step - 1, (t.id, version)
         assert {u.tokens.policy_version for u in t.turns} == {version}
     assert report["success_final"] is not None
+    # the update depends on the checkpoint before it and the recorded episodes only: a stale
+    # step replays exactly (its behaviour log-probs are in the file, TIS rescored them)
+    from agentgym.trainers.replay import format_table, replay
+
+    stale = [r["step"] for r in recs if r["async/staleness"] > 0 and r["step"] > 1]
+    result = replay(out, stale[0], rtol=1e-5, atol=1e-7)
+    assert result.ok, format_table(result)
+    assert {r.name: r for r in result.rows}["mismatch_abs"].logged > 0  # stale: not float noise
 
 
 def test_k1_learns(tmp_path, tiny_model, one_torch_thread):  # noqa: F811
