@@ -16,6 +16,7 @@ MODULES = (
     "agentgym.benchmarks.rollout",
     "agentgym.benchmarks.update",
     "agentgym.benchmarks.algos",
+    "agentgym.benchmarks.asynchronous",
     "agentgym.benchmarks.gpu",
 )
 

@@ -77,7 +77,8 @@ class TrainConfig:
     step_timeout: float | None = _f(
         600.0,
         "seconds an env step or reset may take; then its worker is replaced and the episode "
-        "ends as crashed (None: no limit)",
+        "ends as crashed; an in-process (sync) pool cannot be interrupted, so there the run "
+        "stops with an error naming the call (None: no limit)",
     )
     # -- model --------------------------------------------------------------------------------
     model: str | None = _f(None, "local HF causal LM folder or built-in name (default: tiny model)")
@@ -121,6 +122,29 @@ class TrainConfig:
         choices=("error", "log", "off"),
     )
     invalid_penalty: float = _f(0.1, "subtracted from a turn's reward when the reply has no action")
+    async_staleness: int = _f(
+        0,
+        "asynchronous rollouts: a worker collects the next steps' groups while the current step "
+        "trains, with weights at most this many updates older than the learner's (0: "
+        "synchronous, collect then train; docs/training.md, 'Asynchronous rollouts')",
+    )
+    rollout_engine: str = _f(
+        "hf",
+        "what generates the rollouts: hf (the trainer's model, or a copy of it when "
+        "async_staleness > 0) | vllm (a vLLM engine, weights synced after every update; needs "
+        "vllm: make test-vllm builds .venv-vllm on a CPU)",
+        choices=("hf", "vllm"),
+    )
+    generate_timeout: float | None = _f(
+        600.0,
+        "seconds one batched generation (a turn of every active episode) may take before the "
+        "run stops with an error naming it (None: no limit)",
+    )
+    sync_timeout: float | None = _f(
+        300.0,
+        "seconds a weight sync to the rollout engine may take before the run stops with an "
+        "error naming it (None: no limit)",
+    )
     # -- credit assignment --------------------------------------------------------------------
     gamma: float = _f(0.95, "discount of per-turn returns (GiGPO step groups)")
     omega: float = _f(1.0, "weight of GiGPO's step advantage")
@@ -316,6 +340,7 @@ class TrainConfig:
         if self.kl_coef < 0 or self.entropy_coef < 0 or self.invalid_penalty < 0:
             raise ConfigError("kl_coef, entropy_coef and invalid_penalty must be >= 0")
         self._check_stability()
+        self._check_rollouts()
         self.gate_thresholds = [float(x) for x in self.gate_thresholds]
         self.composition()  # the estimator / transform / loss-term rules
 
@@ -381,6 +406,47 @@ class TrainConfig:
                 f"guard_success_drop={self.guard_success_drop} must be >= 0 (absolute success, "
                 "e.g. 0.25) or none"
             )
+
+    def _check_rollouts(self) -> None:
+        """Asynchronous rollouts, the rollout engine and the watchdog's timeouts."""
+        if self.async_staleness < 0:
+            raise ConfigError(
+                f"async_staleness={self.async_staleness} must be >= 0: pass 0 (synchronous) or "
+                "e.g. --async-staleness 1"
+            )
+        if self.async_staleness and self.guard:
+            raise ConfigError(
+                f"guard restores weights that the in-flight rollouts (async_staleness="
+                f"{self.async_staleness}) were not sampled from: use --async-staleness 0 with "
+                "--guard, or drop --guard"
+            )
+        for name in ("generate_timeout", "sync_timeout", "step_timeout"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(
+                    f"{name}={value} must be > 0 seconds: pass e.g. {flag} {_default(name)}, "
+                    "or none for no limit"
+                )
+        if self.rollout_engine not in ("hf", "vllm"):
+            raise ConfigError(
+                f"rollout_engine={self.rollout_engine!r}: use --rollout-engine hf or "
+                "--rollout-engine vllm"
+            )
+        if self.rollout_engine == "vllm":
+            from agentgym.trainers.vllm_policy import vllm_unavailable_reason
+
+            reason = vllm_unavailable_reason()
+            if reason is not None:
+                raise ConfigError(
+                    f"rollout_engine='vllm' cannot run here: {reason}; run under .venv-vllm "
+                    "(make test-vllm builds it) or use --rollout-engine hf"
+                )
+            if self.context != "stepwise":
+                raise ConfigError(
+                    f"rollout_engine='vllm' renders stepwise prompts only (context="
+                    f"{self.context!r}): use --context stepwise or --rollout-engine hf"
+                )
 
     def guard_config(self) -> Any:
         """The :class:`~agentgym.trainers.stability.CollapseGuardConfig` of ``--guard``."""

@@ -11,10 +11,12 @@ The run is assembled from small pieces, each in its own module:
 * :mod:`~agentgym.trainers.checkpoint`: checkpoints with manifests, resume bookkeeping;
 * :mod:`~agentgym.trainers.metrics`: metrics, evaluation, logging, the curve.
 
-:func:`train` reads top to bottom: setup -> model (resume, or init + SFT) -> per step: collect
-(with ``--dynamic-sampling``: drop groups of equal returns, refill) -> batch -> pieces annotate ->
+:func:`train` reads top to bottom: setup -> model (resume, or init + SFT) -> rollout worker
+(:mod:`~agentgym.trainers.rollout_worker`) -> per step: the worker's batch (collected after the
+previous update, or with ``--async-staleness K`` ahead of it; with ``--dynamic-sampling``: drop
+groups of equal returns, refill) -> batch -> pieces annotate ->
 advantages -> samples -> update -> pieces update -> collapse guard (``--guard``) -> log ->
-checkpoint -> final evaluation and report. It names no algorithm: what a combination needs is
+checkpoint -> weights to the worker -> final evaluation and report. It names no algorithm: what a combination needs is
 built by the pieces' registry. The two stability steps live in
 :mod:`~agentgym.trainers.stability_loop` (``docs/stability.md``).
 
@@ -70,6 +72,7 @@ class _Run:
     eval_pool: Any
     eval_seed: int
     lora: dict[str, Any] | None
+    rollouts: Any = None  # the RolloutWorker, once started
 
     def evaluate(self, policy: Any) -> dict[str, Any]:
         """Greedy held-out evaluation; under torchrun each rank plays a block of episodes."""
@@ -85,6 +88,8 @@ class _Run:
             )
 
     def close(self) -> None:
+        if self.rollouts is not None:  # first: it plays in the train pool
+            self.rollouts.close()
         for closer in (self.train_pool, self.eval_pool, self.writer, self.logger):
             if closer is not None:
                 closer.close()
@@ -98,6 +103,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from agentgym.trainers.checkpoint import rng_state
     from agentgym.trainers.learner import apply_penalty
     from agentgym.trainers.metrics import eval_record, train_metrics
+    from agentgym.trainers.rollout_worker import staleness
     from agentgym.trainers.stability_loop import dynamic_record
 
     run = _open_run(cfg)
@@ -110,15 +116,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         learner = _learner(run, train_model, policy, state)
         start_step = state.get("step", 0)
         guard = _guard(run, learner, state, start_step)
+        rollouts = _rollouts(run, policy, model, tok, state, start_step)
         bar = tqdm(total=cfg.steps, initial=start_step, desc=cfg.algo, disable=_quiet(run))
+        t_last = time.perf_counter()  # the previous step's log: time/step_s is the loop's wall
         for step in range(start_step + 1, cfg.steps + 1):
-            t0 = time.perf_counter()
-            # -- collect: rank r plays its block [g0, g1) of whole groups (seeds as in one process)
-            policy.version = step - 1  # updates the weights have had: recorded with each turn
+            # -- collect: the rollout worker plays this rank's block [g0, g1) of whole groups
+            # (seeds as in one process); with --async-staleness K it played them already, with
+            # weights at most K updates old, while the previous steps trained
             with ctx.generation(model):  # one block: FSDP2 gathers the weights once per step
-                got = _collect(run, policy, step)
+                batch, wait_s = rollouts.get(step)
+            got = batch.got
             mine = got.mine  # sorted by id: finish order varies; credit and batches must not
-            t_roll = time.perf_counter() - t0
             # -- batch -> pieces annotate -> advantages -> samples -> update -> pieces update
             t1 = time.perf_counter()
             dyn = dynamic_record(ctx, got.stats) if got.stats is not None else {}
@@ -134,7 +142,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 )
             model.eval()
             # -- log ---------------------------------------------------------------------------
-            times = ctx.all_reduce([t_roll, time.perf_counter() - t1], op="max")  # slowest rank
+            times = ctx.all_reduce(  # the slowest rank
+                [batch.seconds, time.perf_counter() - t1, wait_s], op="max"
+            )
             stats = learned.stats if learned is not None else {}
             samples = learned.samples if learned is not None else []
             shaped = apply_penalty(got.played, cfg.invalid_penalty)  # all played, dropped too
@@ -147,6 +157,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 **({"dynamic/skipped": int(learned is None)} if dyn else {}),
                 "time/rollout_s": times[0],
                 "time/update_s": times[1],
+                "time/wait_s": times[2],
+                "time/step_s": time.perf_counter() - t_last,
+                "async/staleness": staleness(got.played, step, batch.version),
             }
             if guard is not None:
                 record.update(
@@ -160,6 +173,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
                 record.update(eval_record(run.evaluate(policy)))
             run.logger.log(record)
+            t_last = time.perf_counter()
             if ctx.is_main:
                 run.clock.tick()
             bar.update(1)
@@ -175,6 +189,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 if guard is not None:
                     state_out["guard"] = guard.state_dict()
                 _save(run, step, model, learner, tok, state_out)
+            if step < cfg.steps:  # the weights after `step` updates, for the rollouts to come
+                rollouts.publish(model, step)
         bar.close()
         # -- final evaluation ------------------------------------------------------------------
         # With no RL step the model is the one just evaluated (greedy: the same episodes again).
@@ -226,6 +242,12 @@ def _open_run(cfg: TrainConfig) -> _Run:
             raise FileNotFoundError(
                 f"--resume: {found} in {out / 'checkpoints'}; start without --resume"
             )
+    if ctx.enabled and (cfg.async_staleness or cfg.rollout_engine != "hf"):
+        raise ValueError(
+            f"async_staleness={cfg.async_staleness}, rollout_engine={cfg.rollout_engine!r}: "
+            "under torchrun rollouts run synchronously on the HF engine; use "
+            "--async-staleness 0 --rollout-engine hf, or one process"
+        )
     if ctx.enabled:
         if cfg.groups_per_step < ctx.world_size:
             raise ValueError(
@@ -451,10 +473,33 @@ def _learner(run: _Run, train_model: Any, policy: Any, state: dict[str, Any]) ->
     return learner
 
 
-def _collect(run: _Run, policy: Any, step: int) -> Any:
+def _rollouts(
+    run: _Run, policy: Any, model: Any, tok: Any, state: dict[str, Any], start_step: int
+) -> Any:
+    """The started rollout worker of steps ``start_step + 1 .. steps``
+    (:func:`~agentgym.trainers.rollout_worker.start_worker`)."""
+    from agentgym.trainers.rollout_worker import start_worker
+
+    run.rollouts = start_worker(
+        run.cfg,
+        lambda p, pool, step: _collect(run, p, pool, step),
+        run.train_pool,
+        policy=policy,
+        model=model,
+        tok=tok,
+        make_policy=lambda m, t, seed: _make_policy(run.cfg, m, t, seed=seed),
+        base_model=state["base_model"],
+        start_step=start_step,
+    )
+    return run.rollouts
+
+
+def _collect(run: _Run, policy: Any, pool: Any, step: int) -> Any:
     """This rank's episodes of RL ``step``: its block of whole groups, refilled with fresh tasks
-    under ``--dynamic-sampling`` (:func:`~agentgym.trainers.stability_loop.collect_groups`)."""
+    under ``--dynamic-sampling`` (:func:`~agentgym.trainers.stability_loop.collect_groups`).
+    Runs in the rollout worker's thread, with its (watched) policy and pool."""
     from agentgym.rollout import rollout
+    from agentgym.trainers.rollout_worker import VersionObserver
     from agentgym.trainers.stability_loop import collect_groups, task_seed
 
     cfg, ctx = run.cfg, run.ctx
@@ -464,7 +509,7 @@ def _collect(run: _Run, policy: Any, step: int) -> Any:
 
     def play(n: int, round_: int, run_id: str) -> list[Any]:
         return rollout(
-            run.train_pool,
+            pool,
             policy,
             num_groups=n,
             group_size=cfg.group_size,
@@ -472,6 +517,7 @@ def _collect(run: _Run, policy: Any, step: int) -> Any:
             history_len=cfg.history_len,
             writer=live_writer,
             run_id=run_id,
+            observer=VersionObserver(policy),
         )
 
     return collect_groups(
@@ -549,13 +595,13 @@ def _import_env_modules(names: Sequence[str]) -> None:
         importlib.import_module(name)
 
 
-def _make_policy(cfg: TrainConfig, model: Any, tok: Any) -> Any:
+def _make_policy(cfg: TrainConfig, model: Any, tok: Any, *, seed: int | None = None) -> Any:
     from agentgym.trainers.hf_policy import HFPolicy
 
     return HFPolicy(
         model,
         tok,
-        seed=cfg.seed,
+        seed=cfg.seed if seed is None else seed,
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
         history_len=cfg.history_len,

@@ -200,6 +200,9 @@ class VLLMPolicy:
         self.max_prompt_tokens = max_prompt_tokens
         self.name = name or f"vllm:{path.name}"
         self.weight_version = 0
+        #: the trainer's weights version recorded with each turn (``policy_version``; ``None``:
+        #: not recorded); ``weight_version`` counts this engine's syncs
+        self.version: int | None = None
         if tokenizer is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             from transformers import AutoTokenizer
@@ -300,22 +303,29 @@ class VLLMPolicy:
 
         prompts = [self.prompt_ids(c) for c in contexts]
         responses, logprobs = self.generate(prompts)
+        version = {} if self.version is None else {"policy_version": self.version}
         return decode_outputs(
-            self.tokenizer, prompts, responses, logprobs, weight_version=self.weight_version
+            self.tokenizer,
+            prompts,
+            responses,
+            logprobs,
+            weight_version=self.weight_version,
+            **version,
         )
 
     # -- training -----------------------------------------------------------------------------
-    def sync_weights(self, model: Any) -> int:
+    def sync_weights(self, model: Any, *, timeout: float | None = None) -> int:
         """Load the weights of the trained HF ``model`` into the engine; return the tensor count.
 
         Call it after every optimiser update (``ppo_update``) so the next rollout samples from
         the current policy. LoRA models are merged for the copy and unmerged after. The engine
         must run in this process (``in_process=True``, the default) or accept pickled tensors.
+        ``timeout`` bounds the load where the engine supports it (``TimeoutError``).
         """
         import torch
 
         with torch.no_grad(), merged_hf_weights(model) as weights:
-            load_weights_into(self.llm, weights)
+            load_weights_into(self.llm, weights, timeout=timeout)
             n = len(weights)
         self.weight_version += 1
         return n

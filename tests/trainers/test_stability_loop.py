@@ -123,9 +123,15 @@ def test_stability_settings_are_checked_with_the_fix(kw: dict[str, Any], said: s
 # ------------------------------------------------------------------------------------------------
 # dynamic sampling
 # ------------------------------------------------------------------------------------------------
-def test_dynamic_sampling_keeps_only_groups_with_unequal_returns(tmp_path, tiny_model, learned):  # noqa: F811
+@pytest.mark.parametrize("staleness", [0, 1])  # 1: the refill rounds run in the async worker
+def test_dynamic_sampling_keeps_only_groups_with_unequal_returns(
+    tmp_path,
+    tiny_model,  # noqa: F811
+    learned,
+    staleness,
+):
     out = tmp_path / "on"
-    cfg = _dyn_cfg(out, tiny_model, dynamic_sampling=True)
+    cfg = _dyn_cfg(out, tiny_model, dynamic_sampling=True, async_staleness=staleness)
     train(cfg)
     steps = _steps(out)
     print({s: {k: v for k, v in r.items() if k.startswith("dynamic/")} for s, r in steps.items()})
