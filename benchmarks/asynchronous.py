@@ -14,6 +14,17 @@ With K = 1 the update of step ``s`` runs while the worker plays step ``s + 1``, 
 ``max(collect, update)`` instead of ``collect + update``: the gain is largest when the two are
 alike. On a CPU both share the cores, so the overlap gains only what the cores left idle (the
 env steps, Python between torch ops, a single-threaded torch on a second core).
+
+Learning per sample, over seeds (``--seeds 0 1 2``): the benchmark runs once per seed (each seed
+its own start model, shared by its two modes) and compares what the two loops learned from the
+same number of samples. Both play the same tasks, ``groups_per_step x group_size`` episodes a
+step, so a step is a fixed number of samples. Per mode and step: the mean over seeds of the
+training success, return and well-formed-reply rate (``train/success``, ``train/return``,
+``train/format_ok``) with its 95% t interval; the paired comparison (async minus sync, by seed)
+of each metric averaged over the second half of the steps (where learning shows), and of the
+final held-out success, with the paired t-test and the exact sign-flip p-value
+(:mod:`agentgym.benchmarks.stats`). A difference whose interval holds 0 means the asynchronous
+loop did not learn measurably worse (or better) per sample with these seeds.
 """
 
 from __future__ import annotations
@@ -26,7 +37,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["bench_async", "add_cli"]
+__all__ = ["bench_async", "bench_async_seeds", "LEARNING_KEYS", "add_cli"]
+
+#: The per-step training metrics whose curves the over-seeds comparison reports.
+LEARNING_KEYS = ("train/success", "train/return", "train/format_ok")
 
 
 def _step_times(run_dir: Path, skip: int) -> dict[str, float]:
@@ -131,6 +145,77 @@ def bench_async(
     }
 
 
+def _curves(run_dir: Path) -> dict[str, list[float]]:
+    """Per-step values of :data:`LEARNING_KEYS` in a run's ``metrics.jsonl``, in step order."""
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = sorted((r for r in recs if "train/success" in r), key=lambda r: r["step"])
+    return {k: [float(r[k]) for r in steps] for k in LEARNING_KEYS}
+
+
+def _final_heldout(run_dir: Path) -> float:
+    return float(json.loads((run_dir / "report.json").read_text())["success_final"])
+
+
+def bench_async_seeds(*, seeds: list[int], out: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    """:func:`bench_async` once per seed (in ``out/seed<N>``; finished start models are reused)
+    and the learning comparison described in the module docstring: ``{"per_seed": [reports],
+    "curves": {mode: {metric: [per-step mean_ci]}}, "paired": {metric: paired(async, sync)},
+    "speedup": mean_ci over seeds}``."""
+    from agentgym.benchmarks.stats import mean_ci, paired
+
+    if len(set(seeds)) != len(seeds) or len(seeds) < 2:
+        raise ValueError(f"--seeds {seeds}: give at least two distinct seeds, e.g. --seeds 0 1 2")
+    root = Path(out or tempfile.mkdtemp(prefix="agentgym-bench-async-"))
+    reports = [bench_async(seed=s, out=str(root / f"seed{s}"), **kwargs) for s in seeds]
+    modes = list(reports[0]["modes"])
+    curves: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    tail: dict[str, dict[str, dict[int, float]]] = {m: {} for m in modes}
+    for mode in modes:
+        per_seed = {s: _curves(root / f"seed{s}" / mode) for s in seeds}
+        n_steps = min(len(c["train/success"]) for c in per_seed.values())
+        half = n_steps // 2
+        curves[mode] = {
+            k: [mean_ci([per_seed[s][k][i] for s in seeds]) for i in range(n_steps)]
+            for k in LEARNING_KEYS
+        }
+        for k in LEARNING_KEYS:
+            tail[mode][k] = {s: sum(per_seed[s][k][half:]) / (n_steps - half) for s in seeds}
+        tail[mode]["heldout_final"] = {s: _final_heldout(root / f"seed{s}" / mode) for s in seeds}
+    sync, asyn = modes
+    return {
+        "seeds": seeds,
+        "modes": modes,
+        "per_seed": reports,
+        "curves": curves,
+        "second_half_means": tail,
+        "paired": {k: paired(tail[asyn][k], tail[sync][k]) for k in tail[sync]},
+        "speedup": mean_ci([r["speedup"] for r in reports]),
+        "out": str(root),
+    }
+
+
+def _print_seeds_report(r: dict[str, Any]) -> None:
+    sync, asyn = r["modes"]
+    print(f"{len(r['seeds'])} seeds {r['seeds']}; {asyn} against {sync}, same samples per step")
+    print(
+        f"{'metric':<24} {'sync':>7} {'async':>7} {'diff [95%]':>22} {'p (t)':>7} {'p (flip)':>8}"
+    )
+    for k, res in r["paired"].items():
+        a = sum(r["second_half_means"][asyn][k].values()) / len(r["seeds"])
+        b = sum(r["second_half_means"][sync][k].values()) / len(r["seeds"])
+        ci = f"{res['mean_diff']:+.3f} [{res['lo']:+.3f}, {res['hi']:+.3f}]"
+        name = k if k == "heldout_final" else f"{k} (2nd half)"
+        print(
+            f"{name:<24} {b:>7.3f} {a:>7.3f} {ci:>22} {res['p_ttest']:>7.3f} "
+            f"{res['p_signflip']:>8.3f}"
+        )
+    sp = r["speedup"]
+    print(
+        f"speedup (sync s/step over async), mean over seeds: {sp['mean']:.2f}x "
+        f"[{sp['lo']:.2f}, {sp['hi']:.2f}]"
+    )
+
+
 def _print_report(r: dict[str, Any]) -> None:
     print(
         f"{r['env']}: {r['steps']} RL steps of {r['groups_per_step']}x{r['group_size']} "
@@ -149,7 +234,7 @@ def cmd_bench_async(args: argparse.Namespace) -> int:
     from agentgym.benchmarks.cli import print_report
     from agentgym.cli import parse_kv
 
-    report = bench_async(
+    common = dict(
         env=args.env,
         staleness=args.staleness,
         steps=args.steps,
@@ -157,11 +242,14 @@ def cmd_bench_async(args: argparse.Namespace) -> int:
         group_size=args.group_size,
         num_envs=args.num_envs,
         sft_episodes=args.sft_episodes,
-        seed=args.seed,
         out=args.out,
         extra=parse_kv(args.set, "--set"),
     )
-    return print_report(report, args.json, _print_report)
+    if args.seeds:
+        return print_report(
+            bench_async_seeds(seeds=args.seeds, **common), args.json, _print_seeds_report
+        )
+    return print_report(bench_async(seed=args.seed, **common), args.json, _print_report)
 
 
 def add_cli(sub: Any, groups: dict[str, Any]) -> None:
@@ -179,6 +267,14 @@ def add_cli(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--num-envs", type=int, default=8)
     p.add_argument("--sft-episodes", type=int, default=64, help="SFT of the shared start")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="run once per seed and compare what the two loops learned per sample (training "
+        "curves with 95%% intervals, paired async - sync differences); overrides --seed",
+    )
     p.add_argument(
         "--out",
         default=None,

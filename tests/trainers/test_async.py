@@ -382,3 +382,60 @@ def test_bench_async_reports_step_time_and_wait_for_both_loops(tmp_path, capsys)
         assert 0.0 <= m["wait_fraction"] <= 1.0
     assert sync["staleness"] == 0.0 and 0.0 < k1["staleness"] <= 1.0
     assert r["speedup"] == pytest.approx(sync["step_s"] / k1["step_s"])
+
+
+def test_bench_async_over_seeds_pairs_what_the_loops_learned(tmp_path, capsys) -> None:
+    """`agentgym bench async --seeds 0 1`: one start model per seed, both loops per seed, the
+    per-step curves over seeds and the paired async - sync differences (the numbers must be the
+    ones in the runs' own metrics)."""
+    from agentgym.benchmarks.stats import mean_ci
+    from agentgym.cli import main
+
+    rc = main(
+        [
+            "bench",
+            "async",
+            "--json",
+            *("--seeds", "0", "1", "--steps", "2", "--groups-per-step", "2"),
+            *(
+                "--group-size",
+                "2",
+                "--num-envs",
+                "4",
+                "--sft-episodes",
+                "4",
+                "--out",
+                str(tmp_path),
+            ),
+            *("--set", "sft_epochs=1", "--set", "corpus_episodes=8", "--set", "eval_episodes=4"),
+            *("--set", "max_new_tokens=8", "--set", "tiny_hidden_size=32"),
+        ]
+    )
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["seeds"] == [0, 1] and r["modes"] == ["sync", "async_k1"]
+    assert [p["env"] for p in r["per_seed"]] == ["sokoban/Sokoban5x5-v0"] * 2
+    for mode in r["modes"]:
+        runs = [tmp_path / f"seed{s}" / mode for s in (0, 1)]
+        recs = [[x for x in _records(run) if "train/success" in x] for run in runs]
+        assert all(len(x) == 2 for x in recs)
+        for i in range(2):  # the curve is the mean over seeds of each step's logged value
+            want = mean_ci([recs[0][i]["train/return"], recs[1][i]["train/return"]])
+            assert r["curves"][mode]["train/return"][i]["mean"] == pytest.approx(want["mean"])
+        final = [json.loads((run / "report.json").read_text())["success_final"] for run in runs]
+        assert r["second_half_means"][mode]["heldout_final"] == {"0": final[0], "1": final[1]}
+    res = r["paired"]["train/success"]
+    diffs = [
+        r["second_half_means"]["async_k1"]["train/success"][s]
+        - r["second_half_means"]["sync"]["train/success"][s]
+        for s in ("0", "1")
+    ]
+    assert res["n"] == 2 and res["diffs"] == pytest.approx(diffs)
+    assert set(r["paired"]) == {"train/success", "train/return", "train/format_ok", "heldout_final"}
+
+
+def test_bench_async_over_seeds_needs_two_seeds() -> None:
+    from agentgym.benchmarks.asynchronous import bench_async_seeds
+
+    with pytest.raises(ValueError, match="at least two distinct seeds"):
+        bench_async_seeds(seeds=[3, 3])
