@@ -272,8 +272,9 @@ def token_logprobs(
     (:func:`_suffix_logits`). ``entropy_grad=False`` computes the entropy without a graph (a logged statistic only).
     """
     keep = targets.shape[1]
-    if _prunable(model):
-        logits = _suffix_logits(model, input_ids, attention_mask, keep + 1)
+    plain = _lora_base(model)
+    if _prunable(plain):
+        logits = _suffix_logits(plain, input_ids, attention_mask, keep + 1)
     else:
         logits = model(
             input_ids=input_ids,
@@ -296,6 +297,20 @@ def token_logprobs(
 
 #: Decoder families whose last layer :func:`_suffix_logits` evaluates on the kept positions only.
 _PRUNABLE = ("Qwen2ForCausalLM", "LlamaForCausalLM")
+
+
+def _lora_base(model: Any) -> Any:
+    """The model a PEFT LoRA wrapper drives (its LoRA layers injected in place), else ``model``.
+
+    A ``PeftModelForCausalLM`` with LoRA adapters forwards to that model unchanged, and the
+    adapters live inside its linear modules, which :func:`_suffix_logits` calls as modules: so
+    the pruned path computes the wrapped model's output, adapters included, and LoRA training
+    gets the same savings as full fine-tuning. Other PEFT methods (prompt tuning, ...) change
+    the inputs and keep their own forward."""
+    cfg = getattr(model, "active_peft_config", None)
+    if type(model).__name__ == "PeftModelForCausalLM" and getattr(cfg, "peft_type", None) == "LORA":
+        return model.get_base_model()
+    return model
 
 
 def _prunable(model: Any) -> bool:

@@ -190,6 +190,47 @@ def test_update_with_a_shared_prefix_equals_the_previous_update(model):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5, msg=name)
 
 
+def test_lora_model_takes_the_pruned_path_with_its_adapters(model):
+    """A PEFT LoRA model (as the trainer wraps it) scores replies through the pruned path, and
+    its log-probs and adapter gradients are those of its own forward."""
+    peft = pytest.importorskip("peft")
+    from agentgym.models import LORA_DEFAULTS
+
+    lora = peft.get_peft_model(
+        copy.deepcopy(model), peft.LoraConfig(task_type="CAUSAL_LM", **LORA_DEFAULTS)
+    )
+    with torch.no_grad():  # non-zero adapters, so they change the output
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    data = _data(model, 5)
+    b = collate(data, pad_id=0)
+    seen = []
+    last = lora.get_base_model().model.layers[-1].mlp
+    handle = last.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[1]))
+    try:
+        lp, _ = token_logprobs(lora, b["input_ids"], b["attention_mask"], b["targets"])
+        (lp * b["mask"]).sum().backward()
+    finally:
+        handle.remove()
+    assert seen == [b["targets"].shape[1] + 1]  # the last layer on the kept positions only
+    pruned = {n: p.grad.clone() for n, p in lora.named_parameters() if p.requires_grad}
+    lora.zero_grad()
+    out = lora(
+        input_ids=b["input_ids"],
+        attention_mask=b["attention_mask"],
+        position_ids=b["position_ids"],
+        use_cache=False,
+    ).logits[:, -b["targets"].shape[1] - 1 : -1]
+    own = torch.log_softmax(out, -1).gather(-1, b["targets"][..., None])[..., 0]
+    (own * b["mask"]).sum().backward()
+    torch.testing.assert_close(lp * b["mask"], own * b["mask"], atol=1e-5, rtol=1e-5)
+    assert pruned and all("lora_" in n for n in pruned)
+    for n, p in lora.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(pruned[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
+
+
 def test_micro_batches_follow_the_row_and_token_bounds(model):
     data = sorted(_data(model, 40), key=lambda s: len(s.prompt_ids) + len(s.response_ids))
 
