@@ -270,7 +270,7 @@ def _run(
     from agentgym.trainers.terms import default_terms
 
     m = copy.deepcopy(model)
-    opt = make_optimizer(m, lr=1e-3)
+    opt = make_optimizer(m, lr=1e-3, fused=which != "baseline")  # the baseline's AdamW loop
     terms = default_terms(cfg, ref_model=ref)
     rng = random.Random(seed)
     t0 = time.perf_counter()
