@@ -275,3 +275,23 @@ def test_bench_update_json(capsys):
     )
     assert s["max_abs_param_diff"] < 1e-4 and s["max_abs_stat_diff"] < 1e-4
     assert r["torch_threads"] == 1
+
+
+def test_tied_embeddings_take_a_sparse_gradient_and_adamw_is_fused(model):
+    """The pruned path's embedding lookup gives the tied weight a gradient over the looked-up
+    rows only (autograd adds it into the LM head's dense one); untied or frozen embeddings keep
+    the dense lookup. The trainer's AdamW is the fused kernel (the bench baseline's is not)."""
+    ids = torch.tensor([[3, 5, 5, 9]])
+    m = copy.deepcopy(model)
+    losses._embed(m, ids).sum().backward()
+    grad = m.model.embed_tokens.weight.grad
+    assert grad.is_sparse and set(grad.coalesce().indices()[0].tolist()) == {3, 5, 9}
+    m.zero_grad()
+    b = collate(_data(model, 3), pad_id=0)
+    lp, _ = token_logprobs(m, b["input_ids"], b["attention_mask"], b["targets"])
+    lp.sum().backward()
+    assert not m.lm_head.weight.grad.is_sparse  # tied: the sum of both uses, dense
+    m.model.embed_tokens.weight.requires_grad_(False)
+    assert losses._embed(m, ids).grad_fn is None
+    assert make_optimizer(model, lr=1e-3).defaults["fused"] is True
+    assert make_optimizer(model, lr=1e-3, fused=False).defaults["fused"] is None
