@@ -19,7 +19,8 @@ trainer's LoRA adapters, :func:`agentgym.models.LORA_DEFAULTS` at ``--lora-r``) 
    over up to 1,024 rows), timed right before and after the updates; the fastest is the peak,
    each with ``2 * M * N * K`` FLOPs.
 
-``fraction`` is executed FLOP/s over the peak. ``model_fraction`` is the conventional figure,
+``fraction`` is executed FLOP/s (median update) over the peak; ``fraction_best`` uses the fastest
+update instead, the fairer figure on a shared machine, where the peak is a best-of too. ``model_fraction`` is the conventional figure,
 ``6 * N * tokens/s`` (``N``: weights of every linear layer, LM head included) over the peak: it
 credits the update with the work of a full forward and backward over every position, which the
 pruned update does not do, so it can exceed ``fraction`` and even 1.
@@ -120,7 +121,9 @@ def matmul_peak(hidden: int, intermediate: int, vocab: int, tokens: int) -> dict
     out = {}
     for name, (m, k, n) in shapes.items():
         a, b = torch.randn(m, k), torch.randn(k, n)
-        out[name] = round(2 * m * n * k / _best_seconds(lambda: torch.matmul(a, b)) / 1e9, 2)
+        out[name] = round(
+            2 * m * n * k / _best_seconds(lambda a=a, b=b: torch.matmul(a, b)) / 1e9, 2
+        )
     return out
 
 
@@ -213,6 +216,7 @@ def bench_case(
         "peak_gflop_per_s": round(peak_flops / 1e9, 2),
         "peak_shapes": peak,
         "fraction": round(flops / sec / peak_flops, 4),
+        "fraction_best": round(flops / min(secs) / peak_flops, 4),
         "model_gflop_per_s": round(6 * n_linear * tokens / sec / 1e9, 2),
         "model_fraction": round(6 * n_linear * tokens / sec / peak_flops, 4),
     }

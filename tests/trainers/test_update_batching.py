@@ -15,8 +15,8 @@ pytest.importorskip("transformers")
 
 from agentgym.benchmarks.update import baseline_update, build_model, make_samples  # noqa: E402
 from agentgym.cli import main  # noqa: E402
-from agentgym.trainers.config import TrainConfig  # noqa: E402
 from agentgym.trainers import losses  # noqa: E402
+from agentgym.trainers.config import TrainConfig  # noqa: E402
 from agentgym.trainers.losses import (  # noqa: E402
     PPOConfig,
     _prunable,
@@ -179,7 +179,12 @@ def test_update_with_a_shared_prefix_equals_the_previous_update(model):
         m = copy.deepcopy(model)
         cfg = PPOConfig(**kw)
         stats = update(
-            m, make_optimizer(m, lr=1e-4), data, cfg, pad_id=0, rng=random.Random(3),
+            m,
+            make_optimizer(m, lr=1e-4),
+            data,
+            cfg,
+            pad_id=0,
+            rng=random.Random(3),
             terms=default_terms(cfg, ref_model=ref),
         )
         out[name] = (stats, m)
