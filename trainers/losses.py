@@ -32,7 +32,8 @@ log-softmax run over ``K`` positions per row instead of the whole prompt (with a
 vocabulary that is most of a step's memory and much of its time). Position ids follow the
 attention mask (``cumsum - 1``), so a left-padded row computes exactly what the same row
 right-padded (or alone) computes; for plain Qwen2/Llama models the last decoder layer runs on
-the kept positions only (a prompt position gives it nothing but keys and values). Log-probs use ``logits / temperature``, the distribution
+the kept positions only (a prompt position gives it nothing but keys and values), a prefix every row
+of a micro-batch shares is computed once, and a PEFT LoRA model takes the same path. Log-probs use ``logits / temperature``, the distribution
 the policy sampled from.
 
 Micro-batches: a minibatch's samples are sorted by length (length bucketing: rows of a
