@@ -15,6 +15,7 @@ MODULES = (
     "agentgym.benchmarks.memory",
     "agentgym.benchmarks.rollout",
     "agentgym.benchmarks.update",
+    "agentgym.benchmarks.train",
     "agentgym.benchmarks.algos",
     "agentgym.benchmarks.asynchronous",
     "agentgym.benchmarks.gpu",

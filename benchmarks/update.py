@@ -92,19 +92,24 @@ def make_samples(
     prompt_tokens: int,
     prompt_spread: int,
     response_tokens: int,
+    shared_prefix_tokens: int = 0,
     seed: int = 0,
 ) -> list[Any]:
     """``n`` samples of varied prompt and reply lengths; behaviour log-probs are the model's own
-    plus noise (so ratios are near 1 and the clip is sometimes active)."""
+    plus noise (so ratios are near 1 and the clip is sometimes active). Every prompt starts with
+    the same ``shared_prefix_tokens`` tokens (a system prompt; 0: none, every token random);
+    prompts stay at least two tokens longer than that prefix."""
     from agentgym.trainers.losses import Sample
 
     rng = random.Random(seed)
     vocab = model.config.vocab_size
+    system = tuple(rng.randrange(1, vocab) for _ in range(shared_prefix_tokens))
     out = []
     for i in range(n):
         p = max(2, prompt_tokens + rng.randint(-prompt_spread, prompt_spread))
+        p = max(p - len(system), 2)
         r = rng.randint(1, max(1, 2 * response_tokens - 1))
-        prompt = tuple(rng.randrange(1, vocab) for _ in range(p))
+        prompt = system + tuple(rng.randrange(1, vocab) for _ in range(p))
         resp = tuple(rng.randrange(1, vocab) for _ in range(r))
         old = tuple(-math.log(vocab) + rng.uniform(-0.3, 0.3) for _ in range(r))
         out.append(Sample(prompt, resp, old, rng.uniform(-2, 2), traj=f"t{i // 4}", turn=i % 4))
@@ -265,7 +270,7 @@ def _run(
     from agentgym.trainers.terms import default_terms
 
     m = copy.deepcopy(model)
-    opt = make_optimizer(m, lr=1e-3)
+    opt = make_optimizer(m, lr=1e-3, fused=which != "baseline")  # the baseline's AdamW loop
     terms = default_terms(cfg, ref_model=ref)
     rng = random.Random(seed)
     t0 = time.perf_counter()
@@ -290,6 +295,7 @@ def bench_shape(
     entropy_coef: float,
     repeats: int,
     layers: int | None = None,
+    shared_prefix_tokens: int = 0,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Baseline and new update on one model shape; the report of that shape (a dict)."""
@@ -310,6 +316,7 @@ def bench_shape(
         prompt_tokens=prompt_tokens,
         prompt_spread=prompt_spread,
         response_tokens=response_tokens,
+        shared_prefix_tokens=shared_prefix_tokens,
         seed=seed,
     )
     common = dict(
@@ -378,6 +385,7 @@ def bench_update(
     entropy_coef: float = 0.0,
     repeats: int = 3,
     smollm_layers: int = 2,
+    shared_prefix_tokens: int = 0,
     threads: int | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -387,8 +395,8 @@ def bench_update(
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:
         raise ValueError(f"unknown shapes {unknown}: choose from {', '.join(SHAPES)}")
-    if samples < 2 or repeats < 1:
-        raise ValueError("samples must be >= 2 and repeats >= 1")
+    if samples < 2 or repeats < 1 or shared_prefix_tokens < 0:
+        raise ValueError("samples must be >= 2, repeats >= 1 and shared_prefix_tokens >= 0")
     if threads:
         torch.set_num_threads(threads)
     report: dict[str, Any] = {
@@ -398,6 +406,7 @@ def bench_update(
         "micro_batch_tokens": micro_batch_tokens,
         "kl_coef": kl_coef,
         "entropy_coef": entropy_coef,
+        "shared_prefix_tokens": shared_prefix_tokens,
         "repeats": repeats,
         "seed": seed,
         "shapes": {},
@@ -416,6 +425,7 @@ def bench_update(
             entropy_coef=entropy_coef,
             repeats=repeats,
             layers=smollm_layers if shape == "smollm2" else None,
+            shared_prefix_tokens=shared_prefix_tokens,
             seed=seed,
         )
     return report
@@ -452,6 +462,7 @@ def cmd_bench_update(args: argparse.Namespace) -> int:
         entropy_coef=args.entropy_coef,
         repeats=args.repeats,
         smollm_layers=args.smollm_layers,
+        shared_prefix_tokens=args.shared_prefix_tokens,
         threads=args.threads,
         seed=args.seed,
     )
@@ -488,6 +499,12 @@ def add_cli(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--entropy-coef", type=float, default=0.0, help="entropy bonus (0: off)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per update (median kept)")
     p.add_argument("--smollm-layers", type=int, default=2, help="layers of the smollm2 shape")
+    p.add_argument(
+        "--shared-prefix-tokens",
+        type=int,
+        default=0,
+        help="tokens every prompt starts with (a system prompt; 0: all random)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")

@@ -15,6 +15,7 @@ pytest.importorskip("transformers")
 
 from agentgym.benchmarks.update import baseline_update, build_model, make_samples  # noqa: E402
 from agentgym.cli import main  # noqa: E402
+from agentgym.trainers import losses  # noqa: E402
 from agentgym.trainers.config import TrainConfig  # noqa: E402
 from agentgym.trainers.losses import (  # noqa: E402
     PPOConfig,
@@ -120,6 +121,121 @@ def test_last_layer_runs_on_reply_positions_only(model):
     assert seen == [(4, b["targets"].shape[1] + 1, model.config.hidden_size)]
 
 
+def _prefixed(model, n=6):
+    """Prompts that all start with the same 20 tokens (a system prompt), then differ."""
+    return make_samples(
+        model, n, prompt_tokens=30, prompt_spread=6, response_tokens=3, shared_prefix_tokens=20
+    )
+
+
+def test_shared_prefix_is_computed_once_and_scores_as_each_row_alone(model):
+    """A prefix every row starts with runs through the first layer once (its MLP sees 20 prefix
+    positions plus each row's own), and every row still scores its reply, and back-propagates,
+    as it does alone."""
+    data = _prefixed(model)
+    b = collate(data, pad_id=0)
+    width = b["input_ids"].shape[1]
+    seen = []
+    first = model.model.layers[0].mlp
+    handle = first.register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape)))
+    try:
+        with torch.no_grad():
+            lp, ent = token_logprobs(
+                model, b["input_ids"], b["attention_mask"], b["targets"], with_entropy=True
+            )
+    finally:
+        handle.remove()
+    hidden = model.config.hidden_size
+    assert seen == [(1, 20, hidden), (6, width - 20, hidden)]
+    for i, s in enumerate(data):
+        one = collate([s], pad_id=0)
+        with torch.no_grad():
+            lp1, ent1 = token_logprobs(
+                model, one["input_ids"], one["attention_mask"], one["targets"], with_entropy=True
+            )
+        r = len(s.response_ids)
+        torch.testing.assert_close(lp[i, -r:], lp1[0, -r:], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ent[i, -r:], ent1[0, -r:], atol=1e-5, rtol=1e-5)
+
+    def grads(min_shared):
+        m = copy.deepcopy(model)
+        old, losses._MIN_SHARED_PREFIX = losses._MIN_SHARED_PREFIX, min_shared
+        try:
+            lp, _ = token_logprobs(m, b["input_ids"], b["attention_mask"], b["targets"])
+            (lp * b["mask"]).sum().backward()
+        finally:
+            losses._MIN_SHARED_PREFIX = old
+        return [p.grad for p in m.parameters()]
+
+    for shared, alone in zip(grads(16), grads(10**9)):  # the prefix once vs in every row
+        torch.testing.assert_close(shared, alone, atol=1e-5, rtol=1e-4)
+
+
+def test_update_with_a_shared_prefix_equals_the_previous_update(model):
+    data, ref = _prefixed(model, 16), _ref(model)
+    kw = dict(kl_coef=0.1, entropy_coef=0.01, minibatch_size=8, micro_batch_size=4, bf16=False)
+    out = {}
+    for name, update in (("old", baseline_update), ("new", ppo_update)):
+        m = copy.deepcopy(model)
+        cfg = PPOConfig(**kw)
+        stats = update(
+            m,
+            make_optimizer(m, lr=1e-4),
+            data,
+            cfg,
+            pad_id=0,
+            rng=random.Random(3),
+            terms=default_terms(cfg, ref_model=ref),
+        )
+        out[name] = (stats, m)
+    (so, mo), (sn, mn) = out["old"], out["new"]
+    for k in STATS:
+        assert sn[k] == pytest.approx(so[k], abs=1e-5, rel=1e-5), k
+    for (name, a), b in zip(mo.named_parameters(), mn.parameters()):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_lora_model_takes_the_pruned_path_with_its_adapters(model):
+    """A PEFT LoRA model (as the trainer wraps it) scores replies through the pruned path, and
+    its log-probs and adapter gradients are those of its own forward."""
+    peft = pytest.importorskip("peft")
+    from agentgym.models import LORA_DEFAULTS
+
+    lora = peft.get_peft_model(
+        copy.deepcopy(model), peft.LoraConfig(task_type="CAUSAL_LM", **LORA_DEFAULTS)
+    )
+    with torch.no_grad():  # non-zero adapters, so they change the output
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    data = _data(model, 5)
+    b = collate(data, pad_id=0)
+    seen = []
+    last = lora.get_base_model().model.layers[-1].mlp
+    handle = last.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[1]))
+    try:
+        lp, _ = token_logprobs(lora, b["input_ids"], b["attention_mask"], b["targets"])
+        (lp * b["mask"]).sum().backward()
+    finally:
+        handle.remove()
+    assert seen == [b["targets"].shape[1] + 1]  # the last layer on the kept positions only
+    pruned = {n: p.grad.clone() for n, p in lora.named_parameters() if p.requires_grad}
+    lora.zero_grad()
+    out = lora(
+        input_ids=b["input_ids"],
+        attention_mask=b["attention_mask"],
+        position_ids=b["position_ids"],
+        use_cache=False,
+    ).logits[:, -b["targets"].shape[1] - 1 : -1]
+    own = torch.log_softmax(out, -1).gather(-1, b["targets"][..., None])[..., 0]
+    (own * b["mask"]).sum().backward()
+    torch.testing.assert_close(lp * b["mask"], own * b["mask"], atol=1e-5, rtol=1e-5)
+    assert pruned and all("lora_" in n for n in pruned)
+    for n, p in lora.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(pruned[n], p.grad, atol=1e-5, rtol=1e-4, msg=n)
+
+
 def test_micro_batches_follow_the_row_and_token_bounds(model):
     data = sorted(_data(model, 40), key=lambda s: len(s.prompt_ids) + len(s.response_ids))
 
@@ -164,3 +280,23 @@ def test_bench_update_json(capsys):
     )
     assert s["max_abs_param_diff"] < 1e-4 and s["max_abs_stat_diff"] < 1e-4
     assert r["torch_threads"] == 1
+
+
+def test_tied_embeddings_take_a_sparse_gradient_and_adamw_is_fused(model):
+    """The pruned path's embedding lookup gives the tied weight a gradient over the looked-up
+    rows only (autograd adds it into the LM head's dense one); untied or frozen embeddings keep
+    the dense lookup. The trainer's AdamW is the fused kernel (the bench baseline's is not)."""
+    ids = torch.tensor([[3, 5, 5, 9]])
+    m = copy.deepcopy(model)
+    losses._embed(m, ids).sum().backward()
+    grad = m.model.embed_tokens.weight.grad
+    assert grad.is_sparse and set(grad.coalesce().indices()[0].tolist()) == {3, 5, 9}
+    m.zero_grad()
+    b = collate(_data(model, 3), pad_id=0)
+    lp, _ = token_logprobs(m, b["input_ids"], b["attention_mask"], b["targets"])
+    lp.sum().backward()
+    assert not m.lm_head.weight.grad.is_sparse  # tied: the sum of both uses, dense
+    m.model.embed_tokens.weight.requires_grad_(False)
+    assert losses._embed(m, ids).grad_fn is None
+    assert make_optimizer(model, lr=1e-3).defaults["fused"] is True
+    assert make_optimizer(model, lr=1e-3, fused=False).defaults["fused"] is None

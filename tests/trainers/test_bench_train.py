@@ -1,0 +1,50 @@
+"""``agentgym bench train``: update tokens/s and the fraction of a same-run matmul peak."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from agentgym.benchmarks.train import bench_train  # noqa: E402
+from agentgym.cli import main  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_bench_train_json_reports_sane_fractions(capsys):
+    rc = main(
+        ["bench", "train", "--json", "--shapes", "tiny", "--samples", "8", "--repeats", "1"]
+        + ["--prompt-tokens", "24", "--prompt-spread", "8", "--minibatch-size", "4"]
+        + ["--micro-batch-size", "4", "--threads", "1"]
+    )
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["torch_threads"] == 1
+    cases = {c["mode"]: c for c in r["cases"]}
+    assert set(cases) == {"full", "lora"} and all(c["shape"] == "tiny" for c in r["cases"])
+    for c in cases.values():
+        assert c["tokens_per_s"] > 0 and c["seconds"] > 0 and c["executed_gflop"] > 0
+        assert len(c["peak_shapes"]) == 3
+        assert c["peak_gflop_per_s"] == max(c["peak_shapes"].values())
+        assert 0 < c["fraction"] <= c["fraction_best"] < 1.5 and 0 < c["model_fraction"] < 1.5
+        assert c["fraction"] == pytest.approx(
+            c["executed_gflop_per_s"] / c["peak_gflop_per_s"], rel=2e-2
+        )
+    full, lora = cases["full"], cases["lora"]
+    assert full["trainable_params"] == full["params"]
+    assert 0 < lora["trainable_params"] < lora["params"] / 2
+    # LoRA's frozen weights take no weight gradient, and its model runs the unpruned forward:
+    # the counted FLOPs differ from full fine-tuning's, so they are counted, not assumed.
+    assert lora["executed_gflop"] != full["executed_gflop"]
+
+
+def test_bench_train_errors():
+    with pytest.raises(ValueError, match="unknown shapes or modes"):
+        bench_train(["huge"])
+    with pytest.raises(ValueError, match="unknown shapes or modes"):
+        bench_train(["tiny"], ["qlora"])
