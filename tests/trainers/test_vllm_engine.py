@@ -124,6 +124,32 @@ def test_weight_sync_moves_the_engine_to_the_new_weights(engine) -> None:
     assert _max_logprob_gap(vp, model, device) < LOGPROB_TOL
 
 
+def test_builtin_smollm2_logprobs_match_the_trainers() -> None:
+    """The built-in pretrained chat model (SmolLM2-135M-Instruct, its own chat template and 49k
+    vocabulary) on the engine: sampled replies' per-token log-probs agree with the trainer's
+    forward pass. `make test-vllm` converts the model into the cache first (with the main
+    environment: the conversion's packages are not in vLLM's)."""
+    from agentgym.models import BUILTIN_MODELS, builtin_path, is_ready
+
+    model = BUILTIN_MODELS["smollm2-135m-instruct"]
+    path = builtin_path(model)
+    if not is_ready(path):
+        pytest.skip(f"{path} is not converted: run `agentgym model prepare {model.name}` first")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    vp = VLLMPolicy(
+        str(path),
+        seed=0,
+        max_new_tokens=12,
+        temperature=1.0,
+        dtype="float32",
+        gpu_memory_utilization=0.2,
+        enforce_eager=True,
+        max_model_len=1024,
+    )
+    hf, _ = load_model(path, device=device, dtype="float32")
+    assert _max_logprob_gap(vp, hf, device) < LOGPROB_TOL
+
+
 @pytest.mark.parametrize("staleness", [0, 1])
 def test_train_rolls_out_with_vllm_and_syncs_after_each_update(tmp_path, staleness) -> None:
     """`agentgym train --rollout-engine vllm`: the engine plays every training episode, its
