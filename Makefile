@@ -50,10 +50,12 @@ $(VLLM_STAMP): pyproject.toml setup.py
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $(VLLM_STAMP)
 
+# The built-in SmolLM2 is converted with the main environment (its packages are not in vLLM's),
+# into the cache the vLLM tests then read (the test suite otherwise uses a temporary one).
+AGENTGYM_CACHE ?= $(HOME)/.cache/agentgym
 test-vllm: $(VLLM_STAMP) setup
-	# the built-in SmolLM2 is converted with the main environment (its packages are not in vLLM's)
-	$(BIN)/agentgym model prepare smollm2-135m-instruct
-	HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -m vllm -p no:cacheprovider tests/trainers/test_vllm_engine.py
+	AGENTGYM_CACHE=$(AGENTGYM_CACHE) $(BIN)/agentgym model prepare smollm2-135m-instruct
+	AGENTGYM_CACHE=$(AGENTGYM_CACHE) HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python -m pytest -m vllm -p no:cacheprovider tests/trainers/test_vllm_engine.py
 
 lint: setup
 	$(BIN)/ruff check .
