@@ -300,29 +300,21 @@ def _print_report(r: dict[str, Any]) -> None:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
+    from agentgym.benchmarks.cli import print_report
+    from agentgym.benchmarks.update import update_kwargs
+
     report = bench_train(
         [s.strip() for s in args.shapes.split(",") if s.strip()],
         [m.strip() for m in args.modes.split(",") if m.strip()],
-        samples=args.samples,
-        prompt_tokens=args.prompt_tokens,
-        prompt_spread=args.prompt_spread,
-        response_tokens=args.response_tokens,
-        minibatch_size=args.minibatch_size,
-        micro_batch_size=args.micro_batch_size,
-        micro_batch_tokens=args.micro_batch_tokens,
-        repeats=args.repeats,
-        smollm_layers=args.smollm_layers,
         lora_r=args.lora_r,
-        threads=args.threads,
-        seed=args.seed,
+        **update_kwargs(args),
     )
-    from agentgym.benchmarks.cli import print_report
-
     return print_report(report, args.json, _print_report)
 
 
 def add_cli(sub: Any, groups: dict[str, Any]) -> None:
     from agentgym.benchmarks.cli import bench_parsers
+    from agentgym.benchmarks.update import add_update_flags
 
     bench = bench_parsers(sub, groups)
     p = bench.add_parser(
@@ -330,19 +322,6 @@ def add_cli(sub: Any, groups: dict[str, Any]) -> None:
     )
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, from {SHAPES}")
     p.add_argument("--modes", default=",".join(MODES), help="full (all weights), lora, or both")
-    p.add_argument("--samples", type=int, default=64, help="turns in the update")
-    p.add_argument("--prompt-tokens", type=int, default=186, help="mean prompt length")
-    p.add_argument("--prompt-spread", type=int, default=40, help="prompt length +- this")
-    p.add_argument("--response-tokens", type=int, default=4, help="mean reply length")
-    p.add_argument("--minibatch-size", type=int, default=16, help="turns per optimizer step")
-    p.add_argument("--micro-batch-size", type=int, default=16, help="rows per micro-batch")
-    p.add_argument(
-        "--micro-batch-tokens", type=int, default=8192, help="padded tokens per micro-batch"
-    )
-    p.add_argument("--repeats", type=int, default=3, help="timed updates per case (median)")
-    p.add_argument("--smollm-layers", type=int, default=2, help="layers of smollm2 (30: real)")
+    add_update_flags(p, samples=64, minibatch_size=16)
     p.add_argument("--lora-r", type=int, default=8, help="LoRA rank of the lora mode")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.set_defaults(func=cmd_bench_train)

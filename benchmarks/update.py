@@ -38,7 +38,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["SHAPES", "baseline_update", "bench_update", "make_samples", "add_cli"]
+__all__ = [
+    "SHAPES",
+    "UPDATE_FLAGS",
+    "add_update_flags",
+    "baseline_update",
+    "bench_update",
+    "make_samples",
+    "update_kwargs",
+    "add_cli",
+]
 
 #: Model shapes (Qwen2Config keyword arguments) the benchmark can build.
 SHAPES: dict[str, dict[str, Any]] = {
@@ -448,26 +457,63 @@ def _print_report(r: dict[str, Any]) -> None:
         print(f"{name:10s} " + " ".join(f"{v!s:>16s}" for v in row))
 
 
-def cmd_bench_update(args: argparse.Namespace) -> int:
-    report = bench_update(
-        [s.strip() for s in args.shapes.split(",") if s.strip()],
-        samples=args.samples,
-        prompt_tokens=args.prompt_tokens,
-        prompt_spread=args.prompt_spread,
-        response_tokens=args.response_tokens,
-        minibatch_size=args.minibatch_size,
-        micro_batch_size=args.micro_batch_size,
-        micro_batch_tokens=args.micro_batch_tokens,
-        kl_coef=args.kl_coef,
-        entropy_coef=args.entropy_coef,
-        repeats=args.repeats,
-        smollm_layers=args.smollm_layers,
-        shared_prefix_tokens=args.shared_prefix_tokens,
-        threads=args.threads,
-        seed=args.seed,
+#: The flags that shape an update's samples and batching, shared with ``agentgym bench train``
+#: (:func:`add_update_flags`, :func:`update_kwargs`).
+UPDATE_FLAGS = (
+    "samples",
+    "prompt_tokens",
+    "prompt_spread",
+    "response_tokens",
+    "minibatch_size",
+    "micro_batch_size",
+    "micro_batch_tokens",
+    "repeats",
+    "smollm_layers",
+    "threads",
+    "seed",
+)
+
+
+def update_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The :data:`UPDATE_FLAGS` values of parsed ``args``, as keyword arguments."""
+    return {k: getattr(args, k) for k in UPDATE_FLAGS}
+
+
+def add_update_flags(p: argparse.ArgumentParser, *, samples: int, minibatch_size: int) -> None:
+    """The :data:`UPDATE_FLAGS` on a bench parser (the two benches differ in two defaults)."""
+    p.add_argument("--samples", type=int, default=samples, help="turns in the update")
+    p.add_argument("--prompt-tokens", type=int, default=186, help="mean prompt length")
+    p.add_argument("--prompt-spread", type=int, default=40, help="prompt length +- this")
+    p.add_argument("--response-tokens", type=int, default=4, help="mean reply length")
+    p.add_argument(
+        "--minibatch-size", type=int, default=minibatch_size, help="turns per optimizer step"
     )
+    p.add_argument("--micro-batch-size", type=int, default=16, help="rows per micro-batch at most")
+    p.add_argument(
+        "--micro-batch-tokens",
+        type=int,
+        default=8192,
+        help="padded tokens per micro-batch at most (0: no token bound)",
+    )
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per case (median kept)")
+    p.add_argument(
+        "--smollm-layers", type=int, default=2, help="layers of the smollm2 shape (30: real)"
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the report as one JSON line")
+
+
+def cmd_bench_update(args: argparse.Namespace) -> int:
     from agentgym.benchmarks.cli import print_report
 
+    report = bench_update(
+        [s.strip() for s in args.shapes.split(",") if s.strip()],
+        kl_coef=args.kl_coef,
+        entropy_coef=args.entropy_coef,
+        shared_prefix_tokens=args.shared_prefix_tokens,
+        **update_kwargs(args),
+    )
     return print_report(report, args.json, _print_report)
 
 
@@ -481,31 +527,13 @@ def add_cli(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument(
         "--shapes", default="tiny", help=f"comma-separated, from {','.join(SHAPES)} (default tiny)"
     )
-    p.add_argument("--samples", type=int, default=200, help="turns in the update")
-    p.add_argument("--prompt-tokens", type=int, default=186, help="mean prompt length")
-    p.add_argument("--prompt-spread", type=int, default=40, help="prompt length +- this")
-    p.add_argument("--response-tokens", type=int, default=4, help="mean reply length")
-    p.add_argument("--minibatch-size", type=int, default=64, help="turns per optimizer step")
-    p.add_argument(
-        "--micro-batch-size", type=int, default=16, help="rows per micro-batch at most (both)"
-    )
-    p.add_argument(
-        "--micro-batch-tokens",
-        type=int,
-        default=8192,
-        help="padded tokens per micro-batch at most (new; 0: no token bound)",
-    )
+    add_update_flags(p, samples=200, minibatch_size=64)
     p.add_argument("--kl-coef", type=float, default=0.0, help="KL term (0: off, as train)")
     p.add_argument("--entropy-coef", type=float, default=0.0, help="entropy bonus (0: off)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per update (median kept)")
-    p.add_argument("--smollm-layers", type=int, default=2, help="layers of the smollm2 shape")
     p.add_argument(
         "--shared-prefix-tokens",
         type=int,
         default=0,
         help="tokens every prompt starts with (a system prompt; 0: all random)",
     )
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.set_defaults(func=cmd_bench_update)
