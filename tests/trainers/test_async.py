@@ -348,31 +348,21 @@ class WordsEnv(agentgym.core.Env):
 agentgym.register("test/Words-v0", "test_async:WordsEnv", max_turns=1, override=True)
 
 
+def _tiny_bench_async(out: Path) -> list[str]:
+    """`agentgym bench async --json` at the smallest size that still trains (add --steps)."""
+    return [
+        *("bench", "async", "--json", "--groups-per-step", "2", "--group-size", "2"),
+        *("--num-envs", "4", "--sft-episodes", "4", "--out", str(out)),
+        *("--set", "sft_epochs=1", "--set", "corpus_episodes=8", "--set", "eval_episodes=4"),
+        *("--set", "max_new_tokens=8", "--set", "tiny_hidden_size=32"),
+    ]
+
+
 def test_bench_async_reports_step_time_and_wait_for_both_loops(tmp_path, capsys) -> None:
     """`agentgym bench async --json`, tiny: both loops train one start on Sokoban 5x5."""
     from agentgym.cli import main
 
-    rc = main(
-        [
-            "bench",
-            "async",
-            "--json",
-            "--steps",
-            "3",
-            "--groups-per-step",
-            "2",
-            "--group-size",
-            "2",
-            "--num-envs",
-            "4",
-            "--sft-episodes",
-            "4",
-            "--out",
-            str(tmp_path),
-            *("--set", "sft_epochs=1", "--set", "corpus_episodes=8", "--set", "eval_episodes=4"),
-            *("--set", "max_new_tokens=8", "--set", "tiny_hidden_size=32"),
-        ]
-    )
+    rc = main([*_tiny_bench_async(tmp_path), "--steps", "3"])
     assert rc == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["env"] == "sokoban/Sokoban5x5-v0" and set(r["modes"]) == {"sync", "async_k1"}
@@ -391,26 +381,7 @@ def test_bench_async_over_seeds_pairs_what_the_loops_learned(tmp_path, capsys) -
     from agentgym.benchmarks.stats import mean_ci
     from agentgym.cli import main
 
-    rc = main(
-        [
-            "bench",
-            "async",
-            "--json",
-            *("--seeds", "0", "1", "--steps", "2", "--groups-per-step", "2"),
-            *(
-                "--group-size",
-                "2",
-                "--num-envs",
-                "4",
-                "--sft-episodes",
-                "4",
-                "--out",
-                str(tmp_path),
-            ),
-            *("--set", "sft_epochs=1", "--set", "corpus_episodes=8", "--set", "eval_episodes=4"),
-            *("--set", "max_new_tokens=8", "--set", "tiny_hidden_size=32"),
-        ]
-    )
+    rc = main([*_tiny_bench_async(tmp_path), "--seeds", "0", "1", "--steps", "2"])
     assert rc == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["seeds"] == [0, 1] and r["modes"] == ["sync", "async_k1"]
