@@ -14,26 +14,14 @@ from pathlib import Path
 
 import openai
 import pytest
+from tool_toy_env import BASH_TOOLS
 
 from agentgym.core import Observation
 from agentgym.http_policy import OpenAIPolicy
 from agentgym.policies import TurnContext, build_messages
 from agentgym.serving import ChatEngine, ModelServer, _hermes_messages
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "bash",
-            "description": "Run a shell command",
-            "parameters": {
-                "type": "object",
-                "properties": {"command": {"type": "string"}},
-                "required": ["command"],
-            },
-        },
-    }
-]
+TOOLS = list(BASH_TOOLS)
 GOOD_CALL = '<tool_call>\n{"name": "bash", "arguments": {"command": "ls -la"}}\n</tool_call>'
 BAD_CALL = '<tool_call>\n{"name": "bash", "arguments": {"command": </tool_call>'
 #: user prompt -> the reply the model is taught

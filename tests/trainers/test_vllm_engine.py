@@ -47,6 +47,20 @@ def _trainer_logprobs(model, prompt, response, temperature: float, device: str) 
     return lp.gather(1, torch.tensor(response, device=device)[:, None])[:, 0].cpu()
 
 
+def _engine(path, *, max_new_tokens: int) -> VLLMPolicy:
+    """A float32 engine at temperature 1, small enough for a CPU or a shared GPU."""
+    return VLLMPolicy(
+        path,
+        seed=0,
+        max_new_tokens=max_new_tokens,
+        temperature=1.0,
+        dtype="float32",
+        gpu_memory_utilization=0.2,
+        enforce_eager=True,
+        max_model_len=1024,
+    )
+
+
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -54,16 +68,7 @@ def engine(tmp_path_factory):
     path = init_model(
         tmp_path_factory.mktemp("m"), CORPUS, vocab_size=400, hidden_size=128, num_heads=2
     )
-    vp = VLLMPolicy(
-        path,
-        seed=0,
-        max_new_tokens=10,
-        temperature=1.0,
-        dtype="float32",
-        gpu_memory_utilization=0.2,
-        enforce_eager=True,
-        max_model_len=1024,
-    )
+    vp = _engine(path, max_new_tokens=10)
     model, tok = load_model(path, device=device, dtype="float32")
     return vp, model, tok, device
 
@@ -136,16 +141,7 @@ def test_builtin_smollm2_logprobs_match_the_trainers() -> None:
     if not is_ready(path):
         pytest.skip(f"{path} is not converted: run `agentgym model prepare {model.name}` first")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    vp = VLLMPolicy(
-        str(path),
-        seed=0,
-        max_new_tokens=12,
-        temperature=1.0,
-        dtype="float32",
-        gpu_memory_utilization=0.2,
-        enforce_eager=True,
-        max_model_len=1024,
-    )
+    vp = _engine(str(path), max_new_tokens=12)
     hf, _ = load_model(path, device=device, dtype="float32")
     assert _max_logprob_gap(vp, hf, device) < LOGPROB_TOL
 
