@@ -174,27 +174,34 @@ def encode_example(
 
 
 def sft_loss(model: Any, batch: Sequence[SFTExample], pad_id: int, num_targets: float) -> Any:
-    """Summed reply-token NLL of ``batch`` divided by ``num_targets`` (the global count)."""
+    """Summed reply-token NLL of ``batch`` divided by ``num_targets`` (the global count).
+
+    The labelled tokens of an example are a suffix (the reply and eos), so rows are left-padded
+    and scored by :func:`~agentgym.trainers.losses.token_logprobs`, the RL loss's path: only the
+    reply positions reach the output projection and the softmax (and, for Llama/Qwen2 models,
+    the last decoder layer), instead of a ``[B, L, vocab]`` logits tensor over every prompt
+    token. For a 49k-token vocabulary that tensor, its float copy and their gradients were most
+    of SFT's memory and a fifth of its FLOPs."""
     import torch
+
+    from agentgym.trainers.losses import token_logprobs
 
     device = next(model.parameters()).device
     width = max(len(e.input_ids) for e in batch)
+    keep = max(e.num_targets for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
     att = torch.zeros((len(batch), width), dtype=torch.long)
+    mask = torch.zeros((len(batch), keep), dtype=torch.float32)
     for i, e in enumerate(batch):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        att[i, :n] = 1
-    ids, labels, att = ids.to(device), labels.to(device), att.to(device)
-    logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits[:, :-1].float()
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]),
-        labels[:, 1:].reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    ) / max(num_targets, 1.0)
+        n, r = len(e.input_ids), e.num_targets
+        if any(lab == IGNORE_INDEX for lab in e.labels[n - r :]):
+            raise ValueError("an SFT example's labelled tokens must be the end of its input_ids")
+        ids[i, width - n :] = torch.tensor(e.input_ids)
+        att[i, width - n :] = 1
+        mask[i, keep - r :] = 1.0
+    ids, att, mask = ids.to(device), att.to(device), mask.to(device)
+    logp, _ = token_logprobs(model, ids, att, ids[:, width - keep :])
+    return -(logp * mask).sum() / max(num_targets, 1.0)
 
 
 def sft_train(

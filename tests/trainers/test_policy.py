@@ -12,7 +12,13 @@ from doors import CORPUS, doors_contexts  # noqa: E402
 from agentgym.policies import Policy  # noqa: E402
 from agentgym.trainers.hf_policy import HFPolicy, encode_prompt  # noqa: E402
 from agentgym.trainers.losses import Sample, collate, token_logprobs  # noqa: E402
-from agentgym.trainers.sft import IGNORE_INDEX, encode_example, sft_train  # noqa: E402
+from agentgym.trainers.sft import (  # noqa: E402
+    IGNORE_INDEX,
+    SFTExample,
+    encode_example,
+    sft_loss,
+    sft_train,
+)
 from agentgym.trainers.tiny_model import init_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -125,6 +131,46 @@ def test_sft_masks_prompt_and_teaches_the_format(model_dir):
     # the format is learnt (which door per room is not asked of 25 steps on a 32-wide model)
     assert all(o.format_ok for o in outs), [o.response for o in outs]
     assert all(o.action in ("open red door", "open blue door") for o in outs)
+
+
+def test_sft_loss_scores_only_the_reply_and_matches_full_logits_cross_entropy(model_dir):
+    """The reply-suffix path (left padding, logits at reply positions only) gives the loss and
+    the gradients of a cross-entropy over every position's logits with the prompt masked."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    gen, vocab = torch.Generator().manual_seed(0), model.config.vocab_size
+    batch = []
+    for prompt_len, reply_len in [(23, 4), (31, 7), (17, 2)]:
+        ids = torch.randint(3, vocab, (prompt_len + reply_len,), generator=gen).tolist()
+        batch.append(SFTExample(tuple(ids), (IGNORE_INDEX,) * prompt_len + tuple(ids[prompt_len:])))
+    n = float(sum(e.num_targets for e in batch))
+
+    model.zero_grad()
+    loss = sft_loss(model, batch, pad_id=0, num_targets=n)
+    loss.backward()
+    got = [p.grad.clone() for p in model.parameters()]
+
+    model.zero_grad()
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX)
+    att = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):  # right-padded, every position's logits
+        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        labels[i, : len(e.input_ids)] = torch.tensor(e.labels)
+        att[i, : len(e.input_ids)] = 1
+    logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
+    ref = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum"
+    ) / n
+    ref.backward()
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+    for g, p in zip(got, model.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+
+    with pytest.raises(ValueError, match="end of its input_ids"):
+        sft_loss(model, [SFTExample((5, 6, 7), (5, IGNORE_INDEX, 7))], pad_id=0, num_targets=2)
 
 
 def test_parse_action_keeps_the_lines_of_a_multi_line_action():
