@@ -161,9 +161,12 @@ def test_sft_loss_scores_only_the_reply_and_matches_full_logits_cross_entropy(mo
         labels[i, : len(e.input_ids)] = torch.tensor(e.labels)
         att[i, : len(e.input_ids)] = 1
     logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
-    ref = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum"
-    ) / n
+    ref = (
+        torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum"
+        )
+        / n
+    )
     ref.backward()
     assert float(loss) == pytest.approx(float(ref), rel=1e-5)
     for g, p in zip(got, model.parameters()):
