@@ -171,6 +171,21 @@ def test_every_field_is_documented_and_has_a_flag(tmp_path):
     assert config_from_args(parser.parse_args(["--config", str(toml)])).algo == "rloo"
 
 
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[2] / "examples").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_example_configs_are_valid_runs(path):
+    """Every shipped example config loads into a TrainConfig that passes the cross-field rules
+    (a typo in a key, a value of the wrong type or an inconsistent pair fails here, not an hour
+    into a user's run)."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    cfg = config_from_args(parser.parse_args(["--config", str(path)]))
+    assert cfg.model and cfg.steps > 0 and cfg.eval_episodes >= 64
+
+
 # ------------------------------------------------------------------------------------------------
 # runs
 # ------------------------------------------------------------------------------------------------
