@@ -8,7 +8,7 @@ folder is absent is skipped.
 import importlib
 import importlib.util
 
-FAMILIES = ("textworld", "alfworld", "webshop", "swe", "sokoban")
+FAMILIES = ("textworld", "alfworld", "webshop", "swe", "sokoban", "frozenlake")
 
 for _family in FAMILIES:
     if importlib.util.find_spec(f"{__name__}.{_family}") is not None:

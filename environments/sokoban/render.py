@@ -1,12 +1,10 @@
-"""Sokoban rendering: the text grid of a state and its PNG (written with ``zlib`` + ``struct``,
-no imaging library)."""
+"""Sokoban rendering: the text grid of a state and its PNG (:mod:`agentgym.environments.gridpng`)."""
 
 from __future__ import annotations
 
-import struct
-import zlib
 from collections.abc import Iterable
 
+from agentgym.environments.gridpng import grid_png
 from agentgym.environments.sokoban.puzzle import Cell
 
 __all__ = ["grid_rows", "render_png"]
@@ -42,10 +40,6 @@ def grid_rows(
     return g
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
 def _tile(sym: str, k: int) -> list[bytes]:
     """The ``k`` pixel rows (RGB bytes) of one cell showing ``sym``."""
     base = _COLORS[sym]
@@ -67,27 +61,6 @@ def _tile(sym: str, k: int) -> list[bytes]:
     return rows
 
 
-_TILES: dict[tuple[str, int], list[bytes]] = {}
-
-
 def render_png(grid: list[list[str]], cell_px: int = 16) -> bytes:
     """An RGB PNG of ``grid`` (the text cells above), ``cell_px`` pixels per cell."""
-    h, w = len(grid), len(grid[0])
-    k = cell_px
-    scanlines = []
-    for gr in range(h):
-        tiles = []
-        for sym in grid[gr]:
-            if (sym, k) not in _TILES:
-                _TILES[(sym, k)] = _tile(sym, k)
-            tiles.append(_TILES[(sym, k)])
-        for y in range(k):
-            # filter type 0 (none) before each scanline
-            scanlines.append(b"\x00" + b"".join(t[y] for t in tiles))
-    ihdr = struct.pack(">IIBBBBB", w * k, h * k, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", zlib.compress(b"".join(scanlines), 6))
-        + _png_chunk(b"IEND", b"")
-    )
+    return grid_png(grid, cell_px, _tile)
