@@ -149,6 +149,12 @@ class TrainConfig:
     gamma: float = _f(0.95, "discount of per-turn returns (GiGPO step groups)")
     omega: float = _f(1.0, "weight of GiGPO's step advantage")
     adv_norm: str = _f("std", "group normalisation: std | mean")
+    turn_weight: str = _f(
+        "turn",
+        "weight of a turn in the policy loss: turn (every turn once, so long episodes weigh "
+        "more) | episode (an episode's turns share one episode's weight: advantages are scaled "
+        "by mean turns per episode / the episode's turns)",
+    )
     transform: list = _f([], "reward transforms before the estimator: gated | direct (repeatable)")
     gate_channels: list = _f(["won", "reward"], "channels of gated/direct, highest priority first")
     gate_thresholds: list = _f([1.0], "gated: one pass threshold per channel except the last")
@@ -284,6 +290,10 @@ class TrainConfig:
             )
         if self.adv_norm not in ("std", "mean"):
             raise ConfigError(f"adv_norm={self.adv_norm!r}: use 'std' or 'mean'")
+        if self.turn_weight not in ("turn", "episode"):
+            raise ConfigError(
+                f"turn_weight={self.turn_weight!r}: use --turn-weight turn or --turn-weight episode"
+            )
         if self.loss_agg not in ("token-mean", "seq-mean-token-mean"):
             raise ConfigError(
                 f"loss_agg={self.loss_agg!r}: use 'token-mean' or 'seq-mean-token-mean'"

@@ -23,7 +23,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["Learner", "Learned", "apply_penalty", "samples_of"]
+__all__ = ["Learner", "Learned", "apply_penalty", "learnable_turns", "samples_of"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +75,15 @@ class Learner:
             batch, metrics = piece.annotate(batch, shaped)
             extra.update(metrics)
         advantages = compute_advantages(cfg.algo, batch, credit_cfg)
-        samples = samples_of(shaped[lo:hi], advantages[lo:hi])
+        samples = samples_of(
+            shaped[lo:hi],
+            advantages[lo:hi],
+            turn_weight=cfg.turn_weight,
+            mean_turns=learnable_turns(shaped),
+        )
+        # The mean advantage per learnable turn (this rank's): below zero, the update lowers
+        # the likelihood of sampled replies on balance (see --turn-weight).
+        extra["credit/adv_turn_mean"] = sum(x.advantage for x in samples) / max(len(samples), 1)
         # The trainer's own log-probs at the rollout weights, before any optimizer step: the
         # correction (if on) uses them every step; without it the mismatch with the engine's is
         # measured every `mismatch_every` steps (one extra forward pass each time).
@@ -116,18 +124,55 @@ def apply_penalty(trajs: Sequence[Any], penalty: float) -> list[Any]:
     return out
 
 
-def samples_of(trajs: Sequence[Any], advantages: Sequence[Any]) -> list[Any]:
-    """One :class:`~agentgym.trainers.losses.Sample` per turn that carries generated tokens."""
+def learnable_turns(trajs: Sequence[Any]) -> float:
+    """Mean number of turns with generated tokens per episode (episodes without any left out)."""
+    counts = [sum(1 for u in t.turns if u.tokens and u.tokens.response_ids) for t in trajs]
+    counts = [n for n in counts if n]
+    return sum(counts) / max(len(counts), 1)
+
+
+def samples_of(
+    trajs: Sequence[Any],
+    advantages: Sequence[Any],
+    *,
+    turn_weight: str = "turn",
+    mean_turns: float | None = None,
+) -> list[Any]:
+    """One :class:`~agentgym.trainers.losses.Sample` per turn that carries generated tokens.
+
+    ``turn_weight="episode"`` scales each turn's advantage by ``mean_turns / n`` (``n``: the
+    learnable turns of its episode, ``mean_turns``: their mean over the step's episodes, all
+    ranks' when given, else ``trajs``'), so every episode
+    weighs the same in the policy loss whatever its length. With every turn weighted once
+    (``"turn"``), an episode-level advantage that sums to zero over a group's episodes does not
+    sum to zero over its turns: failed episodes that run to the turn limit outnumber the short
+    successful ones, the mean advantage per turn is negative, and the update lowers the
+    likelihood of what was sampled across the board (entropy creeps up)."""
     from agentgym.trainers.losses import Sample
 
+    learnable = [
+        [
+            (k, u, a)
+            for k, (u, a) in enumerate(zip(t.turns, adv))
+            if u.tokens and u.tokens.response_ids
+        ]
+        for t, adv in zip(trajs, advantages)
+    ]
+    if mean_turns is None:
+        mean_turns = learnable_turns(trajs)
     samples = []
-    for t, adv in zip(trajs, advantages):
-        for k, (u, a) in enumerate(zip(t.turns, adv)):
+    for t, rows in zip(trajs, learnable):
+        scale = mean_turns / len(rows) if turn_weight == "episode" and rows else 1.0
+        for k, u, a in rows:
             tok = u.tokens
-            if tok is not None and tok.response_ids:
-                samples.append(
-                    Sample(
-                        tok.prompt_ids, tok.response_ids, tok.logprobs, float(a), traj=t.id, turn=k
-                    )
+            samples.append(
+                Sample(
+                    tok.prompt_ids,
+                    tok.response_ids,
+                    tok.logprobs,
+                    float(a) * scale,
+                    traj=t.id,
+                    turn=k,
                 )
+            )
     return samples

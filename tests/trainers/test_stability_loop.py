@@ -336,3 +336,39 @@ def test_dynamic_sampling_and_guard_under_torchrun(tmp_path: Path) -> None:
     drawn = sum(r["dynamic/drawn"] for r in steps.values())
     assert len(trajs) == len({t.id for t in trajs}) == 2 * drawn
     assert len({t.seed for t in trajs}) == drawn  # one task seed per group, none shared
+
+
+def test_turn_weight_episode_gives_every_episode_one_episode_weight() -> None:
+    """``--turn-weight episode``: a group's episode advantages (zero mean over its episodes)
+    also have zero mean over its turns once each turn is scaled by mean turns / its episode's
+    turns; weighting every turn once leaves the long failed episode dominating."""
+    from agentgym.trajectory import TokenRecord, Trajectory, Turn
+    from agentgym.trainers.learner import learnable_turns, samples_of
+
+    def episode(name: str, turns: int, won: bool) -> Trajectory:
+        tok = TokenRecord((1, 2), (3, 4), (-0.1, -0.2))
+        return Trajectory(
+            id=name,
+            group="g",
+            env="test",
+            turns=[Turn(observation="o", action="a", tokens=tok) for _ in range(turns)],
+            won=won,
+        )
+
+    trajs = [episode("win", 2, True), episode("lose", 8, False)]
+    advantages = [[1.0] * 2, [-1.0] * 8]  # the episode advantage on every turn
+    assert learnable_turns(trajs) == 5.0
+    plain = samples_of(trajs, advantages)
+    assert [s.advantage for s in plain] == [1.0] * 2 + [-1.0] * 8
+    assert sum(s.advantage for s in plain) == -6.0  # turn-weighted: failure dominates
+    even = samples_of(trajs, advantages, turn_weight="episode")
+    assert [s.advantage for s in even] == [2.5] * 2 + [-0.625] * 8
+    assert sum(s.advantage for s in even) == pytest.approx(0.0)
+    assert [(s.traj, s.turn) for s in even] == [
+        (t.id, k) for t in trajs for k in range(len(t.turns))
+    ]
+    # the mean over all ranks' episodes, when given, sets the scale
+    assert (
+        samples_of(trajs[:1], advantages[:1], turn_weight="episode", mean_turns=5.0)[0].advantage
+        == 2.5
+    )

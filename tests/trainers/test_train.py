@@ -133,6 +133,8 @@ def test_config_cross_field_rules_say_the_fix():
         TrainConfig(minibatch_size=16, micro_batch_size=32)
     with pytest.raises(ValueError, match="unknown config key"):
         TrainConfig.from_dict({"stepz": 3})
+    with pytest.raises(ValueError, match="use --turn-weight turn or --turn-weight episode"):
+        TrainConfig(turn_weight="trajectory")
 
 
 def test_every_field_is_documented_and_has_a_flag(tmp_path):
