@@ -70,16 +70,23 @@ _OWN_METRICS = frozenset(
 
 def eval_record(ev: dict[str, Any]) -> dict[str, float]:
     """The ``eval/*`` entries of a metrics record from ``evaluate``'s result: the success rate
-    with its 95% Wilson interval (``eval/success_lo``, ``eval/success_hi``) and the env's
-    metrics."""
+    with its 95% Wilson interval (``eval/success_lo``, ``eval/success_hi``), the invalid-action
+    rate per executed turn (``eval/invalid``) and mean turns per episode (``eval/turns``), as
+    ``train/invalid`` and ``train/turns`` are for the sampled episodes, and the env's metrics."""
     from agentgym.evaluation.stats import rate
 
     n = int(ev.get("episodes") or 0)
     est = rate(round(ev["success_rate"] * n), n)
     band = {"eval/success_lo": est.low, "eval/success_hi": est.high} if n else {}
+    own = {
+        f"eval/{name}": ev[key]
+        for name, key in (("invalid", "invalid_action_rate"), ("turns", "mean_turns"))
+        if key in ev
+    }
     return {
         "eval/success": ev["success_rate"],
         **band,
+        **own,
         **{f"eval/{_metric_name(k)}": v for k, v in (ev.get("metrics") or {}).items()},
     }
 

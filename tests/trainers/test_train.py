@@ -331,6 +331,7 @@ def test_agentgym_train_cli_end_to_end(tmp_path):
     for r in recs:  # every evaluation carries its band (curve.png draws it)
         if "eval/success" in r:
             assert r["eval/success_lo"] <= r["eval/success"] <= r["eval/success_hi"], r
+            assert 0.0 <= r["eval/invalid"] <= 1.0 and r["eval/turns"] >= 1.0, r
     # The env's per-episode metrics are logged as rates next to success (every won episode
     # passed all rooms, so the rate is at least the success rate).
     for r in recs:
