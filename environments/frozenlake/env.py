@@ -52,27 +52,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentgym.core import Env, Observation, ResetNeeded
+from agentgym.environments.gridmoves import MOVES, not_a_move, offset_words, parse_move, task_seed
 from agentgym.environments.gridpng import grid_png
 
 __all__ = ["FrozenLakeEnv", "Lake", "generate", "shortest_path"]
 
 Cell = tuple[int, int]
-MOVES: dict[str, Cell] = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 _PERPENDICULAR = {
     "up": ("left", "right"),
     "down": ("left", "right"),
     "left": ("up", "down"),
     "right": ("up", "down"),
-}
-_ALIASES = {
-    "u": "up",
-    "d": "down",
-    "l": "left",
-    "r": "right",
-    "north": "up",
-    "south": "down",
-    "west": "left",
-    "east": "right",
 }
 TASK_TEXT = (
     "Walk across the frozen lake to the goal (G) without stepping into a hole (H). "
@@ -159,15 +149,6 @@ def generate(
         f"no {height}x{width} lake with a safe path of {min_path}-{max_path} moves after "
         f"{max_tries} draws (seed {seed}); widen the path range or lower hole_frac"
     )
-
-
-def _offset(dr: int, dc: int) -> str:
-    parts = []
-    if dr:
-        parts.append(f"{abs(dr)} {'down' if dr > 0 else 'up'}")
-    if dc:
-        parts.append(f"{abs(dc)} {'right' if dc > 0 else 'left'}")
-    return ", ".join(parts) if parts else "here"
 
 
 _COLORS = {
@@ -264,15 +245,7 @@ class FrozenLakeEnv(Env):
     ) -> tuple[Observation, dict[str, Any]]:
         task = (options or {}).get("task")
         if task is not None:
-            if isinstance(task, str) and task.rsplit("/", 1)[-1].startswith("seed"):
-                task = task.rsplit("/", 1)[-1][4:]
-            try:
-                seed = int(task)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"unknown task {task!r}: use a lake number or a task id like "
-                    f"'frozenlake-{self.height}x{self.width}/{self.split}/seed3'"
-                ) from None
+            seed = task_seed(task, f"frozenlake-{self.height}x{self.width}/{self.split}/seed3")
         if seed is None:
             seed = self._next_unseeded
             self._next_unseeded += 1
@@ -297,17 +270,9 @@ class FrozenLakeEnv(Env):
     def step(self, action: str) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
         if self._done or self.lake is None or self._obs is None:
             raise ResetNeeded("step() before reset() or after the episode ended; call reset()")
-        move = self._parse(action)
+        move = parse_move(action, ("move", "go", "walk"))
         if move is None:
-            shown = " ".join(str(action).split())[:120]
-            text = (
-                f'"{shown}" is not a move, so nothing happened. Reply with one of: up, down, '
-                "left, right."
-                if shown
-                else "The action was empty, so nothing happened. Reply with one of: up, down, "
-                "left, right."
-            )
-            return self._nothing_happened(text)
+            return self._nothing_happened(not_a_move(action))
         went = move
         if self.slip and self._rng.random() < self.slip:
             went = self._rng.choice(_PERPENDICULAR[move])
@@ -378,15 +343,6 @@ class FrozenLakeEnv(Env):
         return "frozenlake:" + hashlib.sha1(key.encode()).hexdigest()[:20]
 
     # -- helpers ------------------------------------------------------------------------------------
-    def _parse(self, action: str) -> str | None:
-        if not isinstance(action, str):
-            return None
-        a = " ".join(action.strip().lower().split()).strip("\"'`.!")
-        if a.startswith(("move ", "go ", "walk ")):
-            a = a.split(" ", 1)[1]
-        a = _ALIASES.get(a, a)
-        return a if a in MOVES else None
-
     def _path(self, cell: Cell) -> list[str] | None:
         assert self.lake is not None
         if cell not in self._paths:
@@ -425,7 +381,7 @@ class FrozenLakeEnv(Env):
             r, c = self.agent
             g = self.lake.goal
             parts.append(f"You: row {r + 1}, col {c + 1}.")
-            parts.append(f"Goal: {_offset(g[0] - r, g[1] - c)}.")
+            parts.append(f"Goal: {offset_words(g[0] - r, g[1] - c)}.")
             parts.append(self._around())
         actions: tuple[str, ...] = ()
         if not self._done:

@@ -70,6 +70,7 @@ import hashlib
 from typing import Any
 
 from agentgym.core import Env, Observation, ResetNeeded
+from agentgym.environments.gridmoves import not_a_move, offset_words, parse_move, task_seed
 from agentgym.environments.sokoban.puzzle import (
     MOVES,
     Cell,
@@ -90,29 +91,10 @@ __all__ = [
     "MOVES",
 ]
 
-_ALIASES = {
-    "u": "up",
-    "d": "down",
-    "l": "left",
-    "r": "right",
-    "north": "up",
-    "south": "down",
-    "west": "left",
-    "east": "right",
-}
 TASK_TEXT = (
     "Push every box (X) onto a target (O). Moves: up, down, left, right; walking into a box "
     "pushes it."
 )
-
-
-def _offset(dr: int, dc: int) -> str:
-    parts = []
-    if dr:
-        parts.append(f"{abs(dr)} {'down' if dr > 0 else 'up'}")
-    if dc:
-        parts.append(f"{abs(dc)} {'right' if dc > 0 else 'left'}")
-    return ", ".join(parts) if parts else "here"
 
 
 class SokobanEnv(Env):
@@ -188,15 +170,9 @@ class SokobanEnv(Env):
     ) -> tuple[Observation, dict[str, Any]]:
         task = (options or {}).get("task")
         if task is not None:
-            if isinstance(task, str) and task.rsplit("/", 1)[-1].startswith("seed"):
-                task = task.rsplit("/", 1)[-1][4:]
-            try:
-                seed = int(task)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"unknown task {task!r}: use a puzzle number or a task id like "
-                    f"'sokoban-{self.height}x{self.width}-b{self.num_boxes}/{self.split}/seed3'"
-                ) from None
+            seed = task_seed(
+                task, f"sokoban-{self.height}x{self.width}-b{self.num_boxes}/{self.split}/seed3"
+            )
         if seed is None:
             seed = self._next_unseeded
             self._next_unseeded += 1
@@ -223,17 +199,9 @@ class SokobanEnv(Env):
     def step(self, action: str) -> tuple[Observation, float, bool, bool, dict[str, Any]]:
         if self._done or self.puzzle is None or self._obs is None:
             raise ResetNeeded("step() before reset() or after the episode ended; call reset()")
-        move = self._parse(action)
+        move = parse_move(action, ("move", "go", "push"))
         if move is None:
-            shown = " ".join(str(action).split())[:120]
-            text = (
-                f'"{shown}" is not a move, so nothing happened. Reply with one of: up, down, '
-                "left, right."
-                if shown
-                else "The action was empty, so nothing happened. Reply with one of: up, down, "
-                "left, right."
-            )
-            return self._nothing_happened(text)
+            return self._nothing_happened(not_a_move(action))
         out = apply_move(self.puzzle.walls, self.boxes, self.player, move)
         if out is None:
             dr, dc = MOVES[move]
@@ -301,15 +269,6 @@ class SokobanEnv(Env):
         return render_png(self._cells(), self.cell_px)
 
     # -- helpers ------------------------------------------------------------------------------------
-    def _parse(self, action: str) -> str | None:
-        if not isinstance(action, str):
-            return None
-        a = " ".join(action.strip().lower().split()).strip("\"'`.!")
-        if a.startswith(("move ", "go ", "push ")):
-            a = a.split(" ", 1)[1]
-        a = _ALIASES.get(a, a)
-        return a if a in MOVES else None
-
     def _plan(self) -> list[str] | None:
         """A shortest solution from the current state (cached per state)."""
         assert self.puzzle is not None
@@ -342,7 +301,7 @@ class SokobanEnv(Env):
         for kind, cells in (("box", self.boxes), ("target", self.puzzle.targets)):
             for i, (r, c) in enumerate(sorted(cells), 1):
                 label = kind if len(cells) == 1 else f"{kind} {i}"
-                lines.append(f"{label.capitalize()}: {_offset(r - pr, c - pc)}.")
+                lines.append(f"{label.capitalize()}: {offset_words(r - pr, c - pc)}.")
         return "\n".join(lines)
 
     def _observe(self, message: str) -> Observation:

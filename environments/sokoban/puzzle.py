@@ -8,12 +8,13 @@ import hashlib
 import random
 from typing import Any
 
+from agentgym.environments.gridmoves import MOVES
+
 __all__ = ["MAX_NODES", "MOVES", "Cell", "Puzzle", "apply_move", "generate", "solve", "state_key"]
 
 Cell = tuple[int, int]
 
 #: Moves in a fixed order (admissible actions are listed in this order).
-MOVES: dict[str, Cell] = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 #: BFS node budget of the solver; beyond it a state counts as "unknown", never as a dead end.
 MAX_NODES = 200_000
 
