@@ -124,9 +124,14 @@ def apply_penalty(trajs: Sequence[Any], penalty: float) -> list[Any]:
     return out
 
 
+def _learnable(turn: Any) -> bool:
+    """A turn the policy loss can learn from: it carries generated tokens."""
+    return bool(turn.tokens and turn.tokens.response_ids)
+
+
 def learnable_turns(trajs: Sequence[Any]) -> float:
     """Mean number of turns with generated tokens per episode (episodes without any left out)."""
-    counts = [sum(1 for u in t.turns if u.tokens and u.tokens.response_ids) for t in trajs]
+    counts = [sum(1 for u in t.turns if _learnable(u)) for t in trajs]
     counts = [n for n in counts if n]
     return sum(counts) / max(len(counts), 1)
 
@@ -142,8 +147,8 @@ def samples_of(
 
     ``turn_weight="episode"`` scales each turn's advantage by ``mean_turns / n`` (``n``: the
     learnable turns of its episode, ``mean_turns``: their mean over the step's episodes, all
-    ranks' when given, else ``trajs``'), so every episode
-    weighs the same in the policy loss whatever its length. With every turn weighted once
+    ranks' when given, else ``trajs``'), so every episode weighs the same in the policy loss
+    whatever its length. With every turn weighted once
     (``"turn"``), an episode-level advantage that sums to zero over a group's episodes does not
     sum to zero over its turns: failed episodes that run to the turn limit outnumber the short
     successful ones, the mean advantage per turn is negative, and the update lowers the
@@ -151,11 +156,7 @@ def samples_of(
     from agentgym.trainers.losses import Sample
 
     learnable = [
-        [
-            (k, u, a)
-            for k, (u, a) in enumerate(zip(t.turns, adv))
-            if u.tokens and u.tokens.response_ids
-        ]
+        [(k, u, a) for k, (u, a) in enumerate(zip(t.turns, adv)) if _learnable(u)]
         for t, adv in zip(trajs, advantages)
     ]
     if mean_turns is None:
