@@ -65,6 +65,7 @@ from agentgym.sandboxes.docker_engine import (
     owner_labels,
 )
 from agentgym.sandboxes.docker_files import (
+    DONE_LINE,
     READ_SCRIPT,
     RESET_SCRIPT,
     TREE_TIMEOUT_S,
@@ -278,10 +279,13 @@ class DockerSandbox(Sandbox):
         deadline: float,
         stdin: bytes | None = None,
         workdir: str | None = None,
+        succeeded: Any = None,
     ) -> int | None:
         """Run ``argv`` as root (always one of the wrappers of :mod:`.docker_hardening`) and
         stream its output into ``on_out`` / ``on_err``; return its exit status, or None when the
-        output was still open at ``deadline`` (``time.monotonic``)."""
+        output was still open at ``deadline`` (``time.monotonic``). ``succeeded``: a check of
+        the output that proves exit status 0 (a script's own success line), so the engine need
+        not be asked for it."""
         c = self._require()
         api = self.client.api
         try:
@@ -303,6 +307,8 @@ class DockerSandbox(Sandbox):
                     return None
             finally:
                 sock.close()
+            if succeeded is not None and succeeded():
+                return 0
             info = api.exec_inspect(eid)
             wait = 0.0005
             while info.get("Running"):  # the stream can end a moment before the exit is recorded
@@ -406,9 +412,11 @@ class DockerSandbox(Sandbox):
         timeout: float,
         max_out: int,
         stdin: bytes | None = None,
+        done: bytes | None = None,
     ) -> tuple[int, Bytes, str]:
         """Run a file operation as the sandbox user; raise :class:`TimeoutError` when it
-        outlives ``timeout`` (a FIFO, a device, a huge tree)."""
+        outlives ``timeout`` (a FIFO, a device, a huge tree). ``done``: the whole stdout of a
+        successful run (the script prints it last), which stands for exit status 0."""
         out, err = Bytes(max_out), Bytes(65536)
         t0 = time.monotonic()
         code = self._run(
@@ -417,6 +425,7 @@ class DockerSandbox(Sandbox):
             on_err=err.add,
             deadline=t0 + timeout + _STUCK_GRACE_S,
             stdin=stdin,
+            succeeded=None if done is None else (lambda: out.value() == done),
         )
         if code is None or (code == 137 and time.monotonic() - t0 >= timeout):
             raise TimeoutError(
@@ -453,6 +462,7 @@ class DockerSandbox(Sandbox):
             timeout=timeout or self.config.file_timeout,
             max_out=65536,
             stdin=payload,
+            done=DONE_LINE,
         )
         if code != 0:
             raise OSError(f"could not write {p} in the sandbox: {msg}")
@@ -553,6 +563,7 @@ class DockerSandbox(Sandbox):
                 timeout=TREE_TIMEOUT_S,
                 max_out=65536,
                 stdin=self._snapshot if how == "tar" else None,
+                done=DONE_LINE,
             )
         except TimeoutError as e:
             raise SandboxError(str(e)) from e

@@ -14,6 +14,7 @@ import tarfile
 
 __all__ = [
     "READ_SCRIPT",
+    "DONE_LINE",
     "RESET_SCRIPT",
     "TREE_TIMEOUT_S",
     "WRITE_SCRIPT",
@@ -37,7 +38,8 @@ n=$(/usr/bin/stat -L -c %s -- "$p") || exit 1
 [ "$n" -le "$m" ] || { echo "$n" >&2; exit 27; }
 exec /usr/bin/head -c "$((m + 1))" -- "$p"
 """
-#: ``write_file``: refuses to write into a FIFO or device (opening a FIFO blocks).
+#: ``write_file``: refuses to write into a FIFO or device (opening a FIFO blocks); prints
+#: :data:`DONE_LINE` once written.
 WRITE_SCRIPT = """p=$1
 if [ -d "$p" ]; then echo "it is a directory" >&2; exit 21; fi
 if [ -e "$p" ] && [ ! -f "$p" ]; then
@@ -45,14 +47,15 @@ if [ -e "$p" ] && [ ! -f "$p" ]; then
 fi
 d=${p%/*}
 [ -d "${d:-/}" ] || mkdir -p -- "$d" || exit 1
-cat > "$p" && chmod "$2" -- "$p"
+cat > "$p" && chmod "$2" -- "$p" && echo agentgym-done
 """
 #: ``reset``, run as the sandbox user between the wrapper's two reaps (so no process is left to
 #: write behind it): empty the workspace, ``/tmp``, ``/dev/shm`` (POSIX shared memory and
 #: semaphores) and ``/dev/mqueue`` (POSIX message queues), remove System V IPC objects (``ipcrm``
 #: runs only when ``/proc/sysvipc`` lists one: a fork saved on every reset), then
 #: restore the workspace from the snapshot on stdin or from the image's read-only seed. A
-#: directory made unwritable (``chmod 0``) is opened up and the wipe retried.
+#: directory made unwritable (``chmod 0``) is opened up and the wipe retried. On success it prints
+#: :data:`DONE_LINE`.
 RESET_SCRIPT = """ws=$1; how=$2; seed=$3
 set -- "$ws" /tmp
 for d in /dev/shm /dev/mqueue; do [ -d "$d" ] && set -- "$@" "$d"; done
@@ -68,8 +71,15 @@ done
 case $how in
   seed) cp -a "$seed/." "$ws/" ;;
   tar) tar --no-same-owner -x -f - -C "$ws" ;;
-esac
+esac || exit $?
+echo agentgym-done
 """
+#: What :data:`RESET_SCRIPT` and :data:`WRITE_SCRIPT` print, and all they print on stdout, once
+#: every step succeeded. The
+#: host takes it as the exit status and saves the engine round trip that would ask for one: only
+#: the processes this exec starts hold its output (nothing left from an earlier command does), and
+#: the script prints it after its last step returned 0.
+DONE_LINE = b"agentgym-done\n"
 
 
 def host_tar(src: str, dest: str) -> tuple[str, bytes]:

@@ -342,8 +342,8 @@ def test_turn_weight_episode_gives_every_episode_one_episode_weight() -> None:
     """``--turn-weight episode``: a group's episode advantages (zero mean over its episodes)
     also have zero mean over its turns once each turn is scaled by mean turns / its episode's
     turns; weighting every turn once leaves the long failed episode dominating."""
-    from agentgym.trajectory import TokenRecord, Trajectory, Turn
     from agentgym.trainers.learner import learnable_turns, samples_of
+    from agentgym.trajectory import TokenRecord, Trajectory, Turn
 
     def episode(name: str, turns: int, won: bool) -> Trajectory:
         tok = TokenRecord((1, 2), (3, 4), (-0.1, -0.2))
