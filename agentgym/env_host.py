@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 import traceback
 from collections.abc import Mapping
 from typing import Any
@@ -43,9 +44,21 @@ class EnvHost:
         self.spec = env_spec
         self.kwargs = dict(env_kwargs)
         self.envs = [make(env_spec, **self.kwargs) for _ in range(n)]
+        self.busy_s = 0.0  # seconds spent running batches (the rest of a worker's life is waiting)
+        self.batches = 0
 
     def run(self, batch: Batch) -> Answer:
         cmd, items = batch
+        if cmd == "stats":
+            return [(True, {"busy_s": self.busy_s, "batches": self.batches}) for _ in items]
+        t0 = time.perf_counter()
+        try:
+            return self._run(cmd, items)
+        finally:
+            self.busy_s += time.perf_counter() - t0
+            self.batches += 1
+
+    def _run(self, cmd: str, items: list[tuple[int, Any]]) -> Answer:
         out: Answer = []
         for i, arg in items:
             try:

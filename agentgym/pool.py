@@ -437,6 +437,19 @@ class EnvPool:
         res = self.step_many(dict(enumerate(actions)))
         return [res[i] for i in range(self.num_envs)]
 
+    def worker_stats(self) -> list[dict[str, float]]:
+        """Per worker: ``busy_s``, the seconds it spent running batches since it started, and
+        ``batches``, how many it ran. ``busy_s`` over the wall time is a worker's utilisation;
+        the rest went to waiting for the caller and to the round trips (a worker replaced after
+        a crash starts from zero). Blocking; do not call while commands are pending."""
+        firsts = {w: i for i, (w, j) in enumerate(self._where) if j == 0}
+        raw = self._run("stats", dict.fromkeys(firsts.values()))
+        out = []
+        for w in range(self.num_workers):
+            ok, value = raw[firsts[w]]
+            out.append(value if ok else {"busy_s": 0.0, "batches": 0})
+        return out
+
     # -- asynchronous use ----------------------------------------------------------------------
     def send(self, requests: Mapping[int, tuple[str, Any]]) -> None:
         """Start commands and return at once: ``{i: ("step", action)}`` or

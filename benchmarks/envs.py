@@ -71,6 +71,7 @@ def bench_pool(
         n = 0
         t0 = time.perf_counter()
         again = {i: seed + i for i in range(num_envs)}
+        busy0 = [w["busy_s"] for w in pool.worker_stats()]
         for _ in range(steps):
             res, reset = pool.step_reset_many(
                 {i: _choose(rng, o) for i, o in enumerate(obs)}, again
@@ -82,6 +83,7 @@ def bench_pool(
                 for i, (o, _) in pool.reset_many(ended).items():
                     obs[i] = o
         dt = time.perf_counter() - t0
+        busy = _busy_since(pool, busy0)
         workers = len(pool.worker_pids)
     return {
         "steps": n,
@@ -90,7 +92,13 @@ def bench_pool(
         "reset_s": reset_s,
         "start_s": start_s,
         "workers": workers,
+        "busy_s": busy,
     }
+
+
+def _busy_since(pool: Any, before: list[float]) -> list[float]:
+    """Seconds each worker spent running batches since ``before`` (its earlier ``busy_s``)."""
+    return [w["busy_s"] - b for w, b in zip(pool.worker_stats(), before)]
 
 
 def bench_pool_async(
@@ -115,6 +123,7 @@ def bench_pool_async(
         obs = [o for o, _ in pool.reset([seed + i for i in range(num_envs)])]
         reset_s = time.perf_counter() - t0
         n = sent = 0
+        busy0 = [w["busy_s"] for w in pool.worker_stats()]
         t0 = time.perf_counter()
         pool.send({i: ("step", _choose(rng, obs[i])) for i in range(num_envs)})
         sent = num_envs
@@ -136,6 +145,7 @@ def bench_pool_async(
             if nxt:
                 pool.send(nxt)
         dt = time.perf_counter() - t0
+        busy = _busy_since(pool, busy0)
         workers = len(pool.worker_pids)
     return {
         "steps": n,
@@ -143,6 +153,7 @@ def bench_pool_async(
         "steps_per_s": n / dt,
         "reset_s": reset_s,
         "workers": workers,
+        "busy_s": busy,
     }
 
 
@@ -173,6 +184,7 @@ def _one_round(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, An
         "workers": pool["workers"],
         "pool_start_s": round(pool["start_s"], 3),
         "reset_ms_sequential": round(seq["reset_s"] * 1e3 / args.num_envs, 3),
+        **_split(pool, seq_step_ms, ""),
     }
     if pool["workers"] > 1 and args.backend in ("auto", "process") and not _is_fast(args.env):
         a = bench_pool_async(
@@ -185,7 +197,31 @@ def _one_round(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, An
         out["async_overhead_ms_per_step"] = round(
             max(0.0, a["seconds"] - ideal_s) * 1e3 / (a["steps"] / a["workers"]), 3
         )
+        out.update(_split(a, seq_step_ms, "async_"))
     return out
+
+
+def _split(run: dict[str, Any], seq_step_ms: float, prefix: str) -> dict[str, float]:
+    """Where a pool run's time went, from its workers' busy seconds:
+
+    * ``worker_utilisation``: the workers' mean busy share of the wall time;
+    * ``in_worker_step_ms``: an env step's cost inside a worker (resets included, as in the
+      sequential ``env_step_ms``); over ``env_step_ms`` it is ``parallel_slowdown``, what running
+      W processes at once costs each of them (shared caches and memory bandwidth, clock): the
+      machine's part, which no pool design removes;
+    * ``own_overhead_ms_per_step``: the wall time the workers did not compute (round trips,
+      pickling, waiting for the caller or for a slower worker), per env step of one worker.
+    """
+    busy, wall, w = run["busy_s"], run["seconds"], run["workers"]
+    step_ms = sum(busy) * 1e3 / run["steps"]
+    return {
+        f"{prefix}worker_utilisation": round(sum(busy) / w / wall, 3),
+        f"{prefix}in_worker_step_ms": round(step_ms, 3),
+        f"{prefix}parallel_slowdown": round(step_ms / seq_step_ms, 3),
+        f"{prefix}own_overhead_ms_per_step": round(
+            max(0.0, wall - sum(busy) / w) * 1e3 / (run["steps"] / w), 3
+        ),
+    }
 
 
 def _is_fast(env_id: str) -> bool:
@@ -223,7 +259,16 @@ def cmd_bench_envs(args: argparse.Namespace) -> int:
                 out[key] = round(statistics.median(vals), 3)
                 out[key.replace("speedup", "speedups")] = vals
                 out[key.replace("speedup", "speedup_min")] = min(vals)
-        for key in ("pool_overhead_ms_per_step", "async_overhead_ms_per_step"):
+        for key in (
+            "pool_overhead_ms_per_step",
+            "async_overhead_ms_per_step",
+            "own_overhead_ms_per_step",
+            "async_own_overhead_ms_per_step",
+            "parallel_slowdown",
+            "async_parallel_slowdown",
+            "worker_utilisation",
+            "async_worker_utilisation",
+        ):
             vals = [r[key] for r in rounds if key in r]
             if vals:
                 out[key] = round(statistics.median(vals), 3)

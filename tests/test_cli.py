@@ -113,6 +113,10 @@ def test_bench_envs_reports_ratio(corridor_id: str, capsys) -> None:
     d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert d["speedup_vs_sequential"] > 0 and d["workers"] == 2
     assert d["sequential_steps_per_s"] > 0 and d["pool_steps_per_s"] > 0
+    # where the time went: the workers' busy share, the machine's slowdown, the pool's own cost
+    for key in ("worker_utilisation", "async_worker_utilisation"):
+        assert 0 < d[key] <= 1.0
+    assert d["in_worker_step_ms"] > 0 and d["own_overhead_ms_per_step"] >= 0
 
 
 @pytest.mark.parametrize("args", [["--help"], ["rollout", "--help"]])

@@ -287,3 +287,17 @@ def test_rollout_resets_ended_episodes_with_the_step(corridor_id: str) -> None:
     assert sorted(t.id for t in trajs) == sorted(f"r-g{g}-m{m}" for g in range(4) for m in range(3))
     assert all(t.won and len(t.turns) == 2 + t.seed % 4 for t in trajs)
     assert calls == [3]  # only the first resets took a round trip of their own
+
+
+@pytest.mark.parametrize("backend", ["process", "sync"])
+def test_worker_stats_count_the_time_spent_in_batches(corridor_id: str, backend: str) -> None:
+    with EnvPool(
+        corridor_id, num_envs=3, num_workers=2, backend=backend, env_kwargs={"slow_s": 0.05}
+    ) as pool:
+        pool.reset([0, 0, 0])
+        before = pool.worker_stats()
+        pool.step_many({0: "right", 1: "right"})  # worker 0 hosts envs 0 and 1: two slow steps
+        after = pool.worker_stats()
+    assert [a["batches"] - b["batches"] for a, b in zip(after, before)] == [1, 0]
+    assert after[0]["busy_s"] - before[0]["busy_s"] >= 0.1
+    assert after[1]["busy_s"] == before[1]["busy_s"]
