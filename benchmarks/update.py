@@ -125,6 +125,42 @@ def make_samples(
     return out
 
 
+def run_samples(run: str, step: int | None = None, seed: int = 0) -> tuple[Any, list[Any]]:
+    """The trained model of the ``agentgym train`` output folder ``run`` and the samples of its
+    RL step ``step`` (default: the last one recorded), as the update saw them: one per generated
+    turn, with the rollout's token ids and log-probs (``--write-trajectories`` keeps them).
+    Advantages are drawn at random (seeded): what an update costs does not depend on them."""
+    import json
+    from pathlib import Path
+
+    import transformers
+
+    from agentgym.trainers.learner import samples_of
+    from agentgym.trainers.replay import step_episodes
+
+    out = Path(run)
+    trajs = out / "trajectories.jsonl"
+    if not trajs.is_file():
+        raise SystemExit(
+            f"--samples-from {run}: no trajectories.jsonl there; use the output folder of an "
+            "`agentgym train --write-trajectories` run"
+        )
+    if step is None:
+        ids = (json.loads(line).get("id", "") for line in trajs.open(encoding="utf-8"))
+        steps = [int(i[1:].split("-", 1)[0]) for i in ids if i[:1] == "s" and i[1:2].isdigit()]
+        if not steps:
+            raise SystemExit(f"--samples-from {run}: the run recorded no RL step")
+        step = max(steps)
+    episodes = step_episodes(trajs, step)
+    rng = random.Random(seed)
+    samples = samples_of(episodes, [[rng.uniform(-1, 1) for _ in t.turns] for t in episodes])
+    if len(samples) < 2:
+        raise SystemExit(f"--samples-from {run}: step {step} has {len(samples)} generated turns")
+    folder = out / "model" if (out / "model").is_dir() else out / "sft_model"
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa")
+    return model.float(), samples
+
+
 # -- the previous update (the baseline) ----------------------------------------------------------
 def _right_padded(samples: Sequence[Any], pad_id: int) -> dict[str, Any]:
     """The previous collate: right-padded rows, per-token tensors over all ``L - 1`` positions."""
@@ -306,28 +342,36 @@ def bench_shape(
     layers: int | None = None,
     shared_prefix_tokens: int = 0,
     seed: int = 0,
+    samples_from: str | None = None,
+    samples_step: int | None = None,
 ) -> dict[str, Any]:
-    """Baseline and new update on one model shape; the report of that shape (a dict)."""
+    """Baseline and new update on one model shape, or on a run's own model and samples
+    (``samples_from``); the report of that case (a dict)."""
     import torch
 
     from agentgym.trainers.losses import PPOConfig
 
-    model = build_model(shape, layers=layers, seed=seed)
+    if samples_from:
+        model, data = run_samples(samples_from, samples_step, seed)
+        samples = len(data)
+    else:
+        model = build_model(shape, layers=layers, seed=seed)
     ref = None
     if kl_coef:
         ref = copy.deepcopy(model).eval().requires_grad_(False)
         with torch.no_grad():  # a reference that differs, so the KL term is live
             for p in ref.parameters():
                 p.add_(0.01 * torch.randn_like(p))
-    data = make_samples(
-        model,
-        samples,
-        prompt_tokens=prompt_tokens,
-        prompt_spread=prompt_spread,
-        response_tokens=response_tokens,
-        shared_prefix_tokens=shared_prefix_tokens,
-        seed=seed,
-    )
+    if not samples_from:
+        data = make_samples(
+            model,
+            samples,
+            prompt_tokens=prompt_tokens,
+            prompt_spread=prompt_spread,
+            response_tokens=response_tokens,
+            shared_prefix_tokens=shared_prefix_tokens,
+            seed=seed,
+        )
     common = dict(
         minibatch_size=minibatch_size,
         micro_batch_size=micro_batch_size,
@@ -397,6 +441,8 @@ def bench_update(
     shared_prefix_tokens: int = 0,
     threads: int | None = None,
     seed: int = 0,
+    samples_from: str | None = None,
+    samples_step: int | None = None,
 ) -> dict[str, Any]:
     """Baseline against new update tokens/s for each shape in ``shapes``; the report (a dict)."""
     import torch
@@ -420,6 +466,9 @@ def bench_update(
         "seed": seed,
         "shapes": {},
     }
+    if samples_from:  # the run's own model and samples instead of the synthetic shapes
+        report["samples_from"] = samples_from
+        shapes = ["run"]
     for shape in shapes:
         report["shapes"][shape] = bench_shape(
             shape,
@@ -436,6 +485,8 @@ def bench_update(
             layers=smollm_layers if shape == "smollm2" else None,
             shared_prefix_tokens=shared_prefix_tokens,
             seed=seed,
+            samples_from=samples_from,
+            samples_step=samples_step,
         )
     return report
 
@@ -512,6 +563,8 @@ def cmd_bench_update(args: argparse.Namespace) -> int:
         kl_coef=args.kl_coef,
         entropy_coef=args.entropy_coef,
         shared_prefix_tokens=args.shared_prefix_tokens,
+        samples_from=args.samples_from,
+        samples_step=args.samples_step,
         **update_kwargs(args),
     )
     return print_report(report, args.json, _print_report)
@@ -535,5 +588,15 @@ def add_cli(sub: Any, groups: dict[str, Any]) -> None:
         type=int,
         default=0,
         help="tokens every prompt starts with (a system prompt; 0: all random)",
+    )
+    p.add_argument(
+        "--samples-from",
+        default=None,
+        metavar="RUN",
+        help="an `agentgym train --write-trajectories` output folder: time the update on its "
+        "own model and the real samples of one RL step instead of a synthetic shape",
+    )
+    p.add_argument(
+        "--samples-step", type=int, default=None, help="that run's RL step (default: the last)"
     )
     p.set_defaults(func=cmd_bench_update)

@@ -56,6 +56,8 @@ import torch
 __all__ = [
     "Sample",
     "PPOConfig",
+    "arrange",
+    "arrange_order",
     "ppo_clip_loss",
     "kl_k3",
     "aggregate",
@@ -544,10 +546,10 @@ def accumulate_gradients(
 
         terms = default_terms(cfg, ref_model=ref_model, entropy_history=entropy_history)
     device = next(model.parameters()).device
-    samples = sorted(samples, key=_length)  # length buckets; terms see this order
+    # ordered for the least work (terms see this order) and cut into micro-batches
+    samples, spans = arrange(samples, cfg, shares_prefix=_prunable(_lora_base(model)))
     local = [float(sum(len(s.response_ids) for s in samples)), float(len(samples))]
     num_tokens, num_seqs = dist.all_reduce(local)
-    spans = micro_batches(samples, cfg)
     num_micro = int(dist.all_reduce([len(spans)], op="max")[0])
     grad_scale = float(dist.world_size)  # DDP and FSDP2 average gradients; we want the sum
     # The entropy statistic is always logged; its graph only when a term differentiates it.
@@ -615,6 +617,97 @@ def micro_batches(samples: Sequence[Sample], cfg: PPOConfig) -> list[tuple[int, 
     if samples:
         spans.append((start, len(samples)))
     return spans
+
+
+#: What one more micro-batch costs, in tokens of forward/backward work (the kernel launches and
+#: Python of one pass): the price a cut in :func:`arrange` must beat.
+MICRO_BATCH_COST_TOKENS = 128
+
+
+def arrange(
+    samples: Sequence[Sample], cfg: PPOConfig, *, shares_prefix: bool = True
+) -> tuple[list[Sample], list[tuple[int, int]]]:
+    """Order a minibatch's samples and cut them into micro-batches for the least work: the
+    ordered samples and their ``(start, stop)`` spans.
+
+    Two orders are planned and the cheaper one kept: by length (rows of similar lengths, little
+    padding) and by token content (prompts that share a beginning sit together: the turns of one
+    task, and whole duplicates, as a GiGPO group's first turns are). Each order is cut by dynamic
+    programming at the least cost, a micro-batch of ``B`` rows, longest ``W``, costing
+    :data:`MICRO_BATCH_COST_TOKENS` + ``P + B * (W - P)`` tokens, where ``P`` is the prefix all
+    its rows share (``shares_prefix``: the model computes it once, :func:`_suffix_logits`; at
+    least ``_MIN_SHARED_PREFIX`` tokens, else 0). Both bounds of :func:`micro_batches` hold
+    (``micro_batch_size`` rows; ``micro_batch_tokens`` padded tokens, rows x ``W``, unless a row
+    is alone). In a stepwise agent run the prompts of one task share the system prompt, the
+    task and the first observation (measured on the default TextWorld run: sorted neighbours
+    share 170 of 264 prompt tokens, and 50 of 175 prompts have a duplicate), so the content
+    order computes much of a minibatch once. The normalisation makes the result independent of
+    the order and the cut (float rounding aside).
+    """
+    order, spans = arrange_order(samples, cfg, shares_prefix=shares_prefix)
+    return [samples[i] for i in order], spans
+
+
+def arrange_order(
+    samples: Sequence[Sample], cfg: PPOConfig, *, shares_prefix: bool = True
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """:func:`arrange` as indices into ``samples``: the order and the spans over it."""
+    idx = range(len(samples))
+    orders = [sorted(idx, key=lambda i: _length(samples[i]))]
+    if shares_prefix and len(samples) > 1:
+        orders.append(sorted(idx, key=lambda i: (samples[i].prompt_ids, samples[i].response_ids)))
+    best: tuple[float, list[int], list[tuple[int, int]]] | None = None
+    for order in orders:
+        cost, spans = _cut([samples[i] for i in order], cfg, shares_prefix)
+        if best is None or cost < best[0]:
+            best = (cost, order, spans)
+    assert best is not None
+    return best[1], best[2]
+
+
+def _common(a: Sample, b: Sample) -> int:
+    """Tokens ``a`` and ``b`` share at the start of ``prompt + response``."""
+    x, y = (*a.prompt_ids, *a.response_ids), (*b.prompt_ids, *b.response_ids)
+    n = 0
+    for u, v in zip(x, y):
+        if u != v:
+            break
+        n += 1
+    return n
+
+
+def _cut(
+    rows: Sequence[Sample], cfg: PPOConfig, shares_prefix: bool
+) -> tuple[float, list[tuple[int, int]]]:
+    """The least-cost cut of ``rows`` (in this order) into spans (see :func:`arrange`)."""
+    n = len(rows)
+    if not n:
+        return 0.0, []
+    lengths = [_length(s) for s in rows]
+    common = [_common(rows[i], rows[i + 1]) for i in range(n - 1)] if shares_prefix else []
+    best = [0.0] + [math.inf] * n
+    back = [0] * (n + 1)
+    for i in range(1, n + 1):  # best[i]: the first i rows; try the last span rows[j:i]
+        width, shortest, shared = 0, 1 << 60, 1 << 60
+        for j in range(i - 1, max(-1, i - 1 - cfg.micro_batch_size), -1):
+            width, shortest = max(width, lengths[j]), min(shortest, lengths[j])
+            b = i - j
+            if b > 1:
+                if cfg.micro_batch_tokens and b * width > cfg.micro_batch_tokens:
+                    break  # wider and longer only from here
+                if shares_prefix:
+                    shared = min(shared, common[j])
+            p = min(shared, shortest - 1) if b > 1 and shares_prefix else 0
+            p = p if p >= _MIN_SHARED_PREFIX else 0
+            c = best[j] + MICRO_BATCH_COST_TOKENS + p + b * (width - p)
+            if c < best[i]:
+                best[i], back[i] = c, j
+    spans = []
+    i = n
+    while i:
+        spans.append((back[i], i))
+        i = back[i]
+    return best[n], spans[::-1]
 
 
 def ppo_update(

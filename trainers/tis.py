@@ -68,18 +68,18 @@ def score_rollout(
     from agentgym.trainers.losses import (
         Sample,
         _autocast,
-        _length,
+        _lora_base,
+        _prunable,
+        arrange_order,
         collate,
-        micro_batches,
         token_logprobs,
     )
 
     device = next(model.parameters()).device
-    # the update's micro-batches: length-sorted rows, at most micro_batch_size rows and
-    # micro_batch_tokens padded tokens each; results go back in the caller's order
-    order = sorted(range(len(samples)), key=lambda i: _length(samples[i]))
+    # the update's micro-batches (ordered and cut for the least work, within micro_batch_size
+    # rows and micro_batch_tokens padded tokens each); results go back in the caller's order
+    order, spans = arrange_order(samples, cfg, shares_prefix=_prunable(_lora_base(model)))
     ranked = [samples[i] for i in order]
-    spans = micro_batches(ranked, cfg)
     num_micro = int(dist.all_reduce([len(spans)], op="max")[0])
     was_training = model.training
     model.eval()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 
 import pytest
@@ -300,3 +301,85 @@ def test_tied_embeddings_take_a_sparse_gradient_and_adamw_is_fused(model):
     assert losses._embed(m, ids).grad_fn is None
     assert make_optimizer(model, lr=1e-3).defaults["fused"] is True
     assert make_optimizer(model, lr=1e-3, fused=False).defaults["fused"] is None
+
+
+def _grouped(model, tasks=4, turns=6, members=3, seed=5):
+    """Samples shaped like a stepwise agent run: one system prompt, a task text per task, then
+    a turn-specific tail; the first turn of every member of a task has the very same prompt."""
+    rng = random.Random(seed)
+    vocab = model.config.vocab_size
+    tok = lambda n: tuple(rng.randrange(1, vocab) for _ in range(n))  # noqa: E731
+    system = tok(20)
+    out = []
+    for t in range(tasks):
+        task = tok(24)
+        first = tok(10)
+        for m in range(members):
+            for k in range(turns):
+                prompt = system + task + (first if k == 0 else tok(8 + 3 * k))
+                reply = tok(rng.randint(1, 3))
+                old = tuple(-math.log(vocab) + rng.uniform(-0.2, 0.2) for _ in reply)
+                adv = rng.uniform(-1, 1)
+                out.append(losses.Sample(prompt, reply, old, adv, traj=f"t{t}m{m}", turn=k))
+    rng.shuffle(out)
+    return out
+
+
+def test_arrange_puts_shared_prompts_together_and_keeps_the_bounds(model):
+    data = _grouped(model)
+    cfg = PPOConfig(micro_batch_size=8, micro_batch_tokens=400)
+    ordered, spans = losses.arrange(data, cfg)
+    assert sorted(map(id, ordered)) == sorted(map(id, data))
+    assert spans[0][0] == 0 and spans[-1][1] == len(data)
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    by_length = sorted(data, key=losses._length)
+    plain_cost, _ = losses._cut(by_length, cfg, True)
+    cost, _ = losses._cut(ordered, cfg, True)
+    assert cost < 0.95 * plain_cost  # the task's prompt is computed once per micro-batch
+    shared = []
+    for lo, hi in spans:
+        rows = ordered[lo:hi]
+        width = max(losses._length(s) for s in rows)
+        assert hi - lo <= 8 and (hi - lo == 1 or width * (hi - lo) <= 400)
+        if hi - lo > 1:
+            shared.append(min(losses._common(rows[0], r) for r in rows[1:]))
+    assert sum(p >= 44 for p in shared) >= len(shared) // 2  # system + task at least
+    # a model that cannot share a prefix gets the length order
+    ordered, _ = losses.arrange(data, cfg, shares_prefix=False)
+    assert [losses._length(s) for s in ordered] == sorted(losses._length(s) for s in data)
+
+
+def test_update_over_shared_prompts_equals_the_previous_update(model):
+    data = _grouped(model, tasks=3, turns=4, members=3)
+    kw = dict(minibatch_size=18, micro_batch_size=6, bf16=False, kl_coef=0.0, entropy_coef=0.01)
+    out = {}
+    for name in ("old", "new"):
+        cfg = PPOConfig(**kw, micro_batch_tokens=0 if name == "old" else 300)
+        m = copy.deepcopy(model)
+        opt = make_optimizer(m, lr=1e-4)
+        update = baseline_update if name == "old" else ppo_update
+        terms = default_terms(cfg)
+        out[name] = (update(m, opt, data, cfg, pad_id=0, rng=random.Random(4), terms=terms), m)
+    (so, mo), (sn, mn) = out["old"], out["new"]
+    for k in STATS:
+        assert sn[k] == pytest.approx(so[k], abs=1e-5, rel=1e-5), k
+    for (name, a), b in zip(mo.named_parameters(), mn.parameters()):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_bench_update_on_a_runs_own_samples(tmp_path, capsys):
+    """`--samples-from RUN` times the update on a run's model and one RL step's real samples."""
+    out = tmp_path / "run"
+    rc = main(
+        ["train", "--out", str(out), "--steps", "1", "--sft-episodes", "4", "--sft-epochs", "1"]
+        + ["--groups-per-step", "2", "--group-size", "2", "--num-envs", "4", "--eval-episodes"]
+        + ["2", "--write-trajectories", "--no-progress", "--threads", "1", "--save-every", "0"]
+    )
+    assert rc == 0
+    capsys.readouterr()
+    rc = main(["bench", "update", "--json", "--samples-from", str(out), "--repeats", "1"])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    s = r["shapes"]["run"]
+    assert r["samples_from"] == str(out) and s["samples"] >= 2
+    assert s["max_abs_stat_diff"] < 1e-4 and s["speedup"] > 0
