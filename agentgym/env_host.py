@@ -80,19 +80,6 @@ class EnvHost:
             return env.reset(seed=seed, options=options)
         if cmd == "step":
             return StepResult(*env.step(arg))
-        if cmd == "step_reset":  # step; if that ends the episode, reset at once with the request
-            action, request = arg
-            res = StepResult(*env.step(action))
-            if not res.done or request is None:
-                return res, None
-            try:
-                seed, options = request
-                return res, (True, env.reset(seed=seed, options=options))
-            except Exception:  # the step stands; the reset is retried by the pool
-                with contextlib.suppress(Exception):
-                    env.close()
-                self.envs[i] = make(self.spec, **self.kwargs)
-                return res, (False, traceback.format_exc())
         if cmd == "call":
             name, args, kwargs = arg
             return getattr(env, name)(*args, **kwargs)

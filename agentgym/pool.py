@@ -354,7 +354,7 @@ class EnvPool:
         An env whose reset fails is rebuilt and reset once more; if that fails too, its result is
         a crash observation with ``info["crashed"] = True``.
         """
-        args = {i: self._reset_arg(r) for i, r in requests.items()}
+        args = {i: (r if isinstance(r, tuple) else (r, None)) for i, r in requests.items()}
         results = self._run("reset", args)
         failed = {i: args[i] for i, (ok, _) in results.items() if not ok}
         if failed:
@@ -372,46 +372,6 @@ class EnvPool:
         """Step the envs named in ``actions``; crashed envs return :func:`crash_result`."""
         results = self._run("step", actions)
         return {i: (v if ok else crash_result(v)) for i, (ok, v) in results.items()}
-
-    def step_reset_many(
-        self,
-        actions: Mapping[int, str],
-        resets: Mapping[int, int | None | tuple[int | None, dict[str, Any] | None]],
-    ) -> tuple[dict[int, StepResult], dict[int, tuple[Observation, dict[str, Any]]]]:
-        """Step the envs named in ``actions``; an env whose step ends its episode and that has a
-        request in ``resets`` (``{index: seed}`` or ``{index: (seed, options)}``) is reset with
-        it in the same round trip. Returns ``(step results, reset results)``; the second holds
-        the envs that ended and were reset (crashes as in :meth:`reset_many`).
-
-        Why: a separate :meth:`reset_many` after the step is one more round trip during which
-        every worker without an ended episode idles; here a worker resets its ended envs while
-        the others step theirs. Gymnasium's vector envs and envpool auto-reset the same way.
-        """
-        items = {
-            i: (a, self._reset_arg(resets[i]) if i in resets else None) for i, a in actions.items()
-        }
-        raw = self._run("step_reset", items)
-        steps: dict[int, StepResult] = {}
-        reset_out: dict[int, tuple[Observation, dict[str, Any]]] = {}
-        retry: dict[int, Any] = {}
-        for i, (ok, value) in raw.items():
-            if not ok:  # the step (or the worker) crashed: no reset was done
-                steps[i] = crash_result(value)
-                continue
-            steps[i], reset = value
-            if reset is None:
-                continue
-            if reset[0]:
-                reset_out[i] = reset[1]
-            else:
-                retry[i] = items[i][1]
-        if retry:
-            reset_out.update(self.reset_many(retry))
-        return steps, reset_out
-
-    @staticmethod
-    def _reset_arg(request: Any) -> tuple[int | None, dict[str, Any] | None]:
-        return request if isinstance(request, tuple) else (request, None)
 
     def call_many(
         self, name: str, indices: Iterable[int], *args: Any, **kwargs: Any

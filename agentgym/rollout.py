@@ -203,43 +203,38 @@ def rollout(
     env_id = pool.spec.id
     spec_tools = getattr(pool.spec, "tools", None)
 
-    def request(job: tuple[int, int]) -> tuple[int, dict[str, Any] | None]:
-        g = job[0]
-        return seed + g, ({"task": tasks[g]} if tasks is not None else None)
-
     def start(indices: list[int]) -> None:
         reqs: dict[int, Any] = {}
         meta: dict[int, tuple[int, int]] = {}
         for i in indices:
             if not jobs:
                 break
-            meta[i] = jobs.pop()
-            reqs[i] = request(meta[i])
-        if reqs:
-            for i, (obs, info) in pool.reset_many(reqs).items():
-                begin(i, meta[i], obs, info)
-
-    def begin(i: int, job: tuple[int, int], obs: Any, info: dict[str, Any]) -> None:
-        """Env slot ``i`` was reset for ``job``: open its trajectory."""
-        g, m = job
-        traj = Trajectory(
-            id=f"{run_id}-g{g}-m{m}",
-            group=f"{run_id}-g{g}",
-            env=env_id,
-            task=str(info.get("task_id", "")),
-            seed=seed + g,
-            meta={
-                "policy": getattr(policy, "name", type(policy).__name__),
-                "task_text": obs.task,
-            },
-        )
-        if info.get("crashed"):
-            traj.crashed = traj.truncated = True
-            finish(traj)
+            g, m = jobs.pop()
+            opts = {"task": tasks[g]} if tasks is not None else None
+            reqs[i] = (seed + g, opts)
+            meta[i] = (g, m)
+        if not reqs:
             return
-        slots[i] = _Slot(
-            traj=traj, ctx=TurnContext(env_id=env_id, observation=obs, tools=spec_tools)
-        )
+        for i, (obs, info) in pool.reset_many(reqs).items():
+            g, m = meta[i]
+            traj = Trajectory(
+                id=f"{run_id}-g{g}-m{m}",
+                group=f"{run_id}-g{g}",
+                env=env_id,
+                task=str(info.get("task_id", "")),
+                seed=seed + g,
+                meta={
+                    "policy": getattr(policy, "name", type(policy).__name__),
+                    "task_text": obs.task,
+                },
+            )
+            if info.get("crashed"):
+                traj.crashed = traj.truncated = True
+                finish(traj)
+                continue
+            slots[i] = _Slot(
+                traj=traj, ctx=TurnContext(env_id=env_id, observation=obs, tools=spec_tools)
+            )
 
     def finish(traj: Trajectory) -> None:
         done.append(traj)
@@ -258,15 +253,7 @@ def rollout(
         t0 = time.perf_counter()
         outputs = policy.act([slots[i].ctx for i in active])
         policy_s = time.perf_counter() - t0
-        actions = {i: o.action for i, o in zip(active, outputs)}
-        step_reset = getattr(pool, "step_reset_many", None)
-        # The next jobs go along with the step: a slot whose episode ends is reset for its job in
-        # the same round trip (the others' workers need not wait for a separate reset).
-        ahead = dict(zip(active, reversed(jobs))) if step_reset is not None else {}
-        if ahead:
-            results, reset = step_reset(actions, {i: request(j) for i, j in ahead.items()})
-        else:
-            results, reset = pool.step_many(actions), {}
+        results = pool.step_many({i: o.action for i, o in zip(active, outputs)})
         freed = []
         for i, out in zip(active, outputs):
             slot, res = slots[i], results[i]
@@ -304,11 +291,7 @@ def rollout(
                     observer.episode_done(i, t)
                 finish(t)
                 del slots[i]
-                if i in reset:
-                    jobs.remove(ahead[i])
-                    begin(i, ahead[i], *reset[i])
-                else:
-                    freed.append(i)
+                freed.append(i)
         if freed:
             start(freed)
     return done

@@ -54,9 +54,8 @@ def bench_pool(
     backend: str = "auto",
     num_workers: int | None = None,
 ) -> dict[str, float]:
-    """An :class:`EnvPool` stepping all envs per batch (lock-step), as the trainer's batched
-    rollout does: an env whose episode ends is reset in the same round trip
-    (:meth:`~agentgym.pool.EnvPool.step_reset_many`)."""
+    """An :class:`EnvPool` stepping all envs per batch (lock-step), then resetting the envs
+    whose episode ended: what the trainer's batched rollout does."""
     from agentgym.pool import EnvPool
 
     rng = random.Random(seed)
@@ -69,17 +68,14 @@ def bench_pool(
         obs = [o for o, _ in pool.reset([seed + i for i in range(num_envs)])]
         reset_s = time.perf_counter() - t0
         n = 0
-        t0 = time.perf_counter()
-        again = {i: seed + i for i in range(num_envs)}
         busy0 = [w["busy_s"] for w in pool.worker_stats()]
+        t0 = time.perf_counter()
         for _ in range(steps):
-            res, reset = pool.step_reset_many(
-                {i: _choose(rng, o) for i, o in enumerate(obs)}, again
-            )
+            res = pool.step([_choose(rng, o) for o in obs])
             n += num_envs
-            obs = [reset[i][0] if i in reset else res[i].observation for i in range(num_envs)]
-            ended = {i: seed + i for i, r in res.items() if r.done and i not in reset}
-            if ended:  # only an env whose step crashed
+            ended = {i: seed + i for i, r in enumerate(res) if r.done}
+            obs = [r.observation for r in res]
+            if ended:
                 for i, (o, _) in pool.reset_many(ended).items():
                     obs[i] = o
         dt = time.perf_counter() - t0

@@ -1,8 +1,7 @@
 """A tiny deterministic env for the core's own tests (pool, rollout, checker, CLI).
 
 A corridor of ``length`` cells; the agent starts at 0 and must reach the goal cell.
-``crash`` kills the hosting process (a real worker crash); ``raise`` raises (an env bug);
-``reset(options={"fail_reset": ...})`` raises too.
+``crash`` kills the hosting process (a real worker crash); ``raise`` raises (an env bug).
 """
 
 from __future__ import annotations
@@ -32,11 +31,6 @@ class Corridor(Env):
         )
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        fail = (options or {}).get("fail_reset")  # "always", or a file: fail until it exists
-        if fail == "always" or (fail and not os.path.exists(fail)):
-            if fail != "always":
-                open(fail, "w").close()
-            raise RuntimeError("reset bug on purpose")
         task = (options or {}).get("task", (seed or 0) % self.num_tasks)
         self.length = 2 + int(task)
         self.pos = 0

@@ -234,62 +234,6 @@ def test_auto_backend_keeps_fast_envs_in_process(corridor_id: str) -> None:
 
 
 @pytest.mark.parametrize("backend", ["process", "sync"])
-def test_step_reset_many_resets_ended_envs_in_the_same_round(
-    corridor_id: str, backend: str
-) -> None:
-    with EnvPool(corridor_id, num_envs=4, num_workers=2, backend=backend) as pool:
-        pool.reset([0, 0, 0, 1])  # corridors of 2, 2, 2 and 3 cells
-        steps, resets = pool.step_reset_many({i: "right" for i in range(4)}, {0: 3, 1: 3})
-        assert not any(r.done for r in steps.values()) and resets == {}
-        steps, resets = pool.step_reset_many(
-            {i: "right" for i in range(4)}, {0: 3, 1: (None, {"task": 1}), 3: 2}
-        )
-        assert [steps[i].terminated for i in range(4)] == [True, True, True, False]
-        assert steps[0].info["won"] and steps[0].observation.text == "You reached the goal!"
-        # env 0 and 1 ended with a request: reset at once; env 2 ended without one; env 3 went on
-        assert sorted(resets) == [0, 1]
-        assert (
-            resets[0][0].text == "You are at cell 0 of 5."
-            and resets[0][1]["task_id"] == "corridor-3"
-        )
-        assert resets[1][0].text == "You are at cell 0 of 3."
-        steps, _ = pool.step_reset_many({0: "right", 1: "right"}, {})
-        assert steps[0].observation.text == "You are at cell 1." and not steps[0].done
-
-
-def test_step_reset_many_retries_a_failed_reset_and_marks_a_crashed_step(
-    corridor_id: str, tmp_path: Path
-) -> None:
-    with EnvPool(corridor_id, num_envs=3, num_workers=3) as pool:
-        pool.reset([0, 0, 0])
-        pool.step(["right"] * 3)
-        once = str(tmp_path / "failed-once")
-        steps, resets = pool.step_reset_many(
-            {0: "right", 1: "right", 2: "raise"},
-            {0: (0, {"fail_reset": once}), 1: (0, {"fail_reset": "always"}), 2: 0},
-        )
-        assert steps[0].info["won"] and steps[1].info["won"]  # the steps stand
-        assert resets[0][0].text == "You are at cell 0 of 2."  # failed once, retried
-        assert resets[1][1]["crashed"] and "reset bug" in resets[1][1]["error"]
-        assert steps[2].info["crashed"] and 2 not in resets  # a crashed step is not reset
-
-
-def test_rollout_resets_ended_episodes_with_the_step(corridor_id: str) -> None:
-    calls: list[int] = []
-
-    class Counting(EnvPool):
-        def reset_many(self, requests):  # type: ignore[no-untyped-def]
-            calls.append(len(requests))
-            return super().reset_many(requests)
-
-    with Counting(corridor_id, num_envs=3, num_workers=2) as pool:
-        trajs = rollout(pool, ExpertPolicy(), num_groups=4, group_size=3, seed=0, run_id="r")
-    assert sorted(t.id for t in trajs) == sorted(f"r-g{g}-m{m}" for g in range(4) for m in range(3))
-    assert all(t.won and len(t.turns) == 2 + t.seed % 4 for t in trajs)
-    assert calls == [3]  # only the first resets took a round trip of their own
-
-
-@pytest.mark.parametrize("backend", ["process", "sync"])
 def test_worker_stats_count_the_time_spent_in_batches(corridor_id: str, backend: str) -> None:
     with EnvPool(
         corridor_id, num_envs=3, num_workers=2, backend=backend, env_kwargs={"slow_s": 0.05}

@@ -156,9 +156,6 @@ class WatchedPool:
     def step_many(self, actions: Any) -> Any:
         return self._watched("step (step_many)", self._pool.step_many, actions)
 
-    def step_reset_many(self, actions: Any, resets: Any) -> Any:
-        return self._watched("step (step_reset_many)", self._pool.step_reset_many, actions, resets)
-
     def call_many(self, method: str, indices: Any) -> Any:
         return self._watched(f"call {method!r} (call_many)", self._pool.call_many, method, indices)
 
