@@ -135,6 +135,7 @@ def run_samples(run: str, step: int | None = None, seed: int = 0) -> tuple[Any, 
 
     import transformers
 
+    from agentgym.trainers.checkpoint import _record_step
     from agentgym.trainers.learner import samples_of
     from agentgym.trainers.replay import step_episodes
 
@@ -147,7 +148,7 @@ def run_samples(run: str, step: int | None = None, seed: int = 0) -> tuple[Any, 
         )
     if step is None:
         ids = (json.loads(line).get("id", "") for line in trajs.open(encoding="utf-8"))
-        steps = [int(i[1:].split("-", 1)[0]) for i in ids if i[:1] == "s" and i[1:2].isdigit()]
+        steps = [k for i in ids if (k := _record_step(i)) is not None]
         if not steps:
             raise SystemExit(f"--samples-from {run}: the run recorded no RL step")
         step = max(steps)
@@ -356,13 +357,6 @@ def bench_shape(
         samples = len(data)
     else:
         model = build_model(shape, layers=layers, seed=seed)
-    ref = None
-    if kl_coef:
-        ref = copy.deepcopy(model).eval().requires_grad_(False)
-        with torch.no_grad():  # a reference that differs, so the KL term is live
-            for p in ref.parameters():
-                p.add_(0.01 * torch.randn_like(p))
-    if not samples_from:
         data = make_samples(
             model,
             samples,
@@ -372,6 +366,12 @@ def bench_shape(
             shared_prefix_tokens=shared_prefix_tokens,
             seed=seed,
         )
+    ref = None
+    if kl_coef:
+        ref = copy.deepcopy(model).eval().requires_grad_(False)
+        with torch.no_grad():  # a reference that differs, so the KL term is live
+            for p in ref.parameters():
+                p.add_(0.01 * torch.randn_like(p))
     common = dict(
         minibatch_size=minibatch_size,
         micro_batch_size=micro_batch_size,

@@ -180,9 +180,9 @@ class TrainConfig:
     micro_batch_size: int = _f(16, "turns per forward/backward at most (gradient accumulation)")
     micro_batch_tokens: int = _f(
         8192,
-        "padded tokens per forward/backward at most: a minibatch's turns are sorted by length "
-        "and cut into micro-batches of at most micro_batch_size turns and this many padded "
-        "tokens (0: no token bound)",
+        "padded tokens per forward/backward at most: a minibatch's turns are ordered by length "
+        "or by content, whichever computes less, and cut into micro-batches of at most "
+        "micro_batch_size turns and this many padded tokens (0: no token bound)",
     )
     clip_eps: float = _f(0.2, "PPO ratio clip")
     clip_eps_high: float | None = _f(

@@ -36,10 +36,11 @@ the kept positions only (a prompt position gives it nothing but keys and values)
 of a micro-batch shares is computed once, and a PEFT LoRA model takes the same path. Log-probs use ``logits / temperature``, the distribution
 the policy sampled from.
 
-Micro-batches: a minibatch's samples are sorted by length (length bucketing: rows of a
-micro-batch have similar lengths, padding stays small) and cut into micro-batches of at most
-``micro_batch_size`` rows and at most ``micro_batch_tokens`` padded tokens (rows x width; 0: no
-token bound); the normalisation above makes the result independent of the cut.
+Micro-batches: a minibatch's samples are ordered by length or by token content, whichever
+computes less (:func:`arrange`: content order puts prompts that begin alike together, so their
+shared prefix is computed once), and cut into micro-batches of at most ``micro_batch_size`` rows
+and at most ``micro_batch_tokens`` padded tokens (rows x width; 0: no token bound); the
+normalisation above makes the result independent of the order and the cut.
 """
 
 from __future__ import annotations
