@@ -173,7 +173,13 @@ class TrainConfig:
     epo_k_low: float = _f(0.2, "EPO band below the historical entropy (fraction)")
     epo_k_high: float = _f(0.2, "EPO band above the historical entropy (fraction)")
     # -- PPO update ---------------------------------------------------------------------------
-    lr: float = _f(5e-5, "RL learning rate (AdamW, constant)")
+    lr: float = _f(5e-5, "RL learning rate (AdamW)")
+    lr_schedule: str = _f(
+        "constant",
+        "RL learning rate over the steps: constant | linear (from lr at step 1 down to "
+        "lr/steps at the last step, as PPO anneals it)",
+        choices=("constant", "linear"),
+    )
     weight_decay: float = _f(0.0, "AdamW weight decay (not on biases and norms)")
     ppo_epochs: int = _f(1, "passes over each iteration's turns")
     minibatch_size: int = _f(64, "turns per optimizer step")
@@ -290,6 +296,11 @@ class TrainConfig:
             )
         if self.adv_norm not in ("std", "mean"):
             raise ConfigError(f"adv_norm={self.adv_norm!r}: use 'std' or 'mean'")
+        if self.lr_schedule not in ("constant", "linear"):
+            raise ConfigError(
+                f"lr_schedule={self.lr_schedule!r}: use --lr-schedule constant or "
+                "--lr-schedule linear"
+            )
         if self.turn_weight not in ("turn", "episode"):
             raise ConfigError(
                 f"turn_weight={self.turn_weight!r}: use --turn-weight turn or --turn-weight episode"
@@ -473,6 +484,14 @@ class TrainConfig:
         )
 
     # -- what the settings imply --------------------------------------------------------------
+    def step_lr(self, step: int, base: float | None = None) -> float:
+        """The RL learning rate of update ``step`` (1-based) under ``lr_schedule``, from ``base``
+        (default ``lr``; the collapse guard passes the rate it lowered to)."""
+        base = self.lr if base is None else base
+        if self.lr_schedule == "linear":
+            return base * max(self.steps - step + 1, 1) / max(self.steps, 1)
+        return base
+
     def loss_terms(self) -> tuple[str, ...]:
         """The extra loss terms switched on (``kl``, ``entropy``, ``epo``)."""
         on = (("kl", self.kl_coef > 0), ("entropy", self.entropy_coef > 0), ("epo", self.epo))

@@ -131,6 +131,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             t1 = time.perf_counter()
             dyn = dynamic_record(ctx, got.stats) if got.stats is not None else {}
             learned = None
+            lr = cfg.step_lr(step, guard.guard.lr if guard is not None else None)
+            for group in learner.optimizer.param_groups:
+                group["lr"] = lr
             if not dyn or dyn["dynamic/kept"]:
                 learned = learner.learn(step, mine)
             elif ctx.is_main:  # every rank skips: the kept count is summed over ranks
@@ -155,6 +158,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 **({} if learned is None else _extra_record(learned.extra)),
                 **dyn,
                 **({"dynamic/skipped": int(learned is None)} if dyn else {}),
+                "train/lr": lr,
                 "time/rollout_s": times[0],
                 "time/update_s": times[1],
                 "time/wait_s": times[2],

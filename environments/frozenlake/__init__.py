@@ -36,6 +36,22 @@ register(
     eval_split="test",
 )
 register(
+    id="frozenlake/FrozenLake4x4Local-v0",
+    entry_point=_EP,
+    max_turns=10,
+    kwargs={
+        "height": 4,
+        "width": 4,
+        "hole_frac": 0.2,
+        "min_path": 1,
+        "max_path": 6,
+        "render": "local",
+    },
+    description="4x4 lake seen from the agent's cell: the goal's offset and the four neighbours",
+    fast=True,
+    eval_split="test",
+)
+register(
     id="frozenlake/FrozenLake4x4Slippery-v0",
     entry_point=_EP,
     max_turns=40,

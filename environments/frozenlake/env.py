@@ -64,6 +64,8 @@ _PERPENDICULAR = {
     "left": ("up", "down"),
     "right": ("up", "down"),
 }
+#: Observation renderings (``render=``).
+RENDERS = ("grid", "grid+coords", "local")
 TASK_TEXT = (
     "Walk across the frozen lake to the goal (G) without stepping into a hole (H). "
     "Moves: up, down, left, right."
@@ -188,7 +190,9 @@ class FrozenLakeEnv(Env):
             seeded by the reset seed, so an episode replays exactly from its seed and actions.
         split: ``"train"`` or ``"test"``: disjoint lake sets.
         reward: ``"sparse"`` or ``"progress"``.
-        render: ``"grid"`` or ``"grid+coords"``.
+        render: ``"grid"`` (the grid only), ``"grid+coords"`` (the grid, the agent's cell, the
+            goal as an offset and the four neighbours) or ``"local"`` (the offset and the
+            neighbours without the grid: a short prompt that holds what a reactive policy needs).
         image: attach a PNG of the grid to every observation.
         cell_px: pixels per cell of the PNG.
     """
@@ -213,8 +217,8 @@ class FrozenLakeEnv(Env):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if reward not in ("sparse", "progress"):
             raise ValueError(f"reward must be 'sparse' or 'progress', got {reward!r}")
-        if render not in ("grid", "grid+coords"):
-            raise ValueError(f"render must be 'grid' or 'grid+coords', got {render!r}")
+        if render not in RENDERS:
+            raise ValueError(f"render must be one of {', '.join(RENDERS)}; got {render!r}")
         if height < 2 or width < 2:
             raise ValueError(f"the lake must be at least 2x2, got {height}x{width}")
         if not 0.0 <= hole_frac < 1.0:
@@ -376,11 +380,14 @@ class FrozenLakeEnv(Env):
 
     def _observe(self, message: str) -> Observation:
         assert self.lake is not None
-        parts = [message, self.render()]
+        parts = [message]
+        if self.render_mode != "local":
+            parts.append(self.render())
+        r, c = self.agent
+        g = self.lake.goal
         if self.render_mode == "grid+coords":
-            r, c = self.agent
-            g = self.lake.goal
             parts.append(f"You: row {r + 1}, col {c + 1}.")
+        if self.render_mode != "grid":
             parts.append(f"Goal: {offset_words(g[0] - r, g[1] - c)}.")
             parts.append(self._around())
         actions: tuple[str, ...] = ()

@@ -27,6 +27,7 @@ def test_family_registers_its_specs() -> None:
         "frozenlake/FrozenLake6x6-v0",
         "frozenlake/FrozenLake8x8-v0",
         "frozenlake/FrozenLake4x4Slippery-v0",
+        "frozenlake/FrozenLake4x4Local-v0",
     } <= set(SPECS)
 
 
@@ -146,6 +147,16 @@ def test_observation_spells_out_the_goal_and_the_neighbours() -> None:
     ]
     assert obs.admissible_actions == ("down", "right")
     assert FrozenLakeEnv(image=False, render="grid").reset(seed=0)[0].text.count("\n") == 6
+    env.render_mode = "local"  # the same state without the grid and the agent's cell
+    assert env._observe("A new lake.").text.splitlines() == [
+        "A new lake.",
+        "Goal: 2 down, 2 right.",
+        "Around you: up edge, down hole, left edge, right ice.",
+    ]
+    local = FrozenLakeEnv(image=False, render="local")
+    local.reset(seed=0)
+    obs, *_ = local.step("jump")  # an invalid move keeps the state part of a local view
+    assert obs.text.splitlines()[1:] == local._observe("x").text.splitlines()[1:]
 
 
 def test_slipping_is_replayed_exactly_from_the_seed() -> None:
@@ -223,6 +234,8 @@ def test_bad_arguments_name_the_fix() -> None:
         FrozenLakeEnv(split="valid")
     with pytest.raises(ValueError, match="slip"):
         FrozenLakeEnv(slip=1.0)
+    with pytest.raises(ValueError, match="render must be one of grid, grid\\+coords, local"):
+        FrozenLakeEnv(render="map")
     with pytest.raises(ValueError, match="hole_frac"):
         FrozenLakeEnv(hole_frac=1.5)
     with pytest.raises(RuntimeError, match="widen the path range"):

@@ -273,6 +273,26 @@ def test_resume_gives_the_same_next_step_loss(tmp_path, tiny_model):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-6, atol=1e-7, msg=k)
 
 
+@needs_torch
+def test_linear_lr_schedule_anneals_the_rate_the_optimizer_uses(tmp_path, tiny_model):
+    """--lr-schedule linear: update k of n runs at lr * (n - k + 1) / n; the rate logged is the one
+    the optimizer stepped with, and a resumed run takes the rate from the step and its own step
+    count (here 2 steps, then resumed to 3), not from a counter."""
+    out = tmp_path / "lin"
+    train(_small(out, tiny_model, steps=2, lr=0.03, lr_schedule="linear", kl_coef=0.0))
+    train(_small(out, tiny_model, steps=3, lr=0.03, lr_schedule="linear", kl_coef=0.0, resume=True))
+    lrs = {r["step"]: r["train/lr"] for r in _records(out) if "train/lr" in r}
+    assert lrs == pytest.approx({1: 0.03, 2: 0.015, 3: 0.01})
+    const = tmp_path / "const"
+    train(_small(const, tiny_model, steps=2, lr=0.03, kl_coef=0.0))
+    assert [r["train/lr"] for r in _records(const) if "train/lr" in r] == [0.03, 0.03]
+    cfg = TrainConfig(steps=4, lr=1.0, lr_schedule="linear")
+    assert [cfg.step_lr(k) for k in (1, 2, 3, 4)] == [1.0, 0.75, 0.5, 0.25]
+    assert cfg.step_lr(2, base=0.5) == 0.375  # the collapse guard's lowered rate is the base
+    with pytest.raises(ValueError, match="--lr-schedule constant or --lr-schedule linear"):
+        TrainConfig(lr_schedule="cosine")
+
+
 def test_resume_without_checkpoint_says_what_to_do(tmp_path, tiny_model):
     with pytest.raises(FileNotFoundError, match="start without --resume"):
         train(_small(tmp_path / "none", tiny_model, resume=True))
