@@ -431,7 +431,7 @@ def add_cli(sub: argparse._SubParsersAction, groups: dict[str, Any]) -> None:
         "below override them",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds")
-    p.add_argument("--env", help="env id (default: the trainer's default TextWorld env)")
+    p.add_argument("--env", help="env id (default: the trainer's default, the 4x4 local-view lake)")
     p.add_argument("--steps", type=int, help=f"RL steps (default {DEFAULT_BASE['steps']})")
     p.add_argument("--groups-per-step", type=int, help="task groups per step")
     p.add_argument("--group-size", type=int, help="episodes per group")

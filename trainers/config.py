@@ -60,14 +60,14 @@ class TrainConfig:
         1, "torch CPU threads (0: torch's choice); 1 is fastest for tiny models on busy CPUs"
     )
     # -- environment --------------------------------------------------------------------------
-    env: str = _f("textworld/Custom-w1-o3-q2-v0", "env id to train on")
+    env: str = _f("frozenlake/FrozenLake4x4Local-v0", "env id to train on")
     env_kwargs: dict = _f({}, "extra env kwargs (JSON on the command line)")
     split_kwarg: str | None = _f(
         "split", "env kwarg selecting train/test tasks (None: the env has no splits)"
     )
     env_modules: list = _f([], "modules to import first (they register custom envs)")
     max_turns: int | None = _f(None, "turn limit override (default: the env spec's)")
-    num_envs: int = _f(8, "parallel env copies in the pools")
+    num_envs: int = _f(32, "parallel env copies in the pools")
     backend: str = _f(
         "auto",
         "EnvPool backend: auto (in-process for envs registered fast=True, else process) | "
@@ -89,8 +89,8 @@ class TrainConfig:
     lora_r: int = _f(0, "LoRA rank (0: train all weights)")
     dtype: str = _f("float32", "weights dtype: float32 | bfloat16")
     # -- SFT warm start -----------------------------------------------------------------------
-    sft_episodes: int = _f(256, "expert episodes for the SFT warm start (0: no SFT)")
-    sft_epochs: int = _f(6, "passes over the SFT data")
+    sft_episodes: int = _f(32, "expert episodes for the SFT warm start (0: no SFT)")
+    sft_epochs: int = _f(10, "passes over the SFT data")
     sft_lr: float = _f(2e-3, "SFT learning rate (AdamW, warmup + linear decay)")
     sft_batch_size: int = _f(16, "SFT turns per optimizer step")
     sft_explore: float = _f(
@@ -98,12 +98,14 @@ class TrainConfig:
     )
     # -- rollouts -----------------------------------------------------------------------------
     algo: str = _f("gigpo", "advantage estimator: gigpo | grpo | rloo | ppo | spa", choices=ALGOS)
-    steps: int = _f(8, "RL iterations (collect + update)")
+    steps: int = _f(40, "RL iterations (collect + update)")
     groups_per_step: int = _f(8, "task groups per iteration (distinct seeds)")
-    group_size: int = _f(4, "episodes per group (same task and start state)")
+    group_size: int = _f(8, "episodes per group (same task and start state)")
     max_new_tokens: int = _f(16, "reply budget per turn (tokens)")
-    temperature: float = _f(0.7, "sampling temperature during training")
-    history_len: int = _f(1, "(observation, action) pairs of history in each prompt")
+    temperature: float = _f(1.0, "sampling temperature during training")
+    history_len: int = _f(
+        0, "(observation, action) pairs of history in each prompt (text games want 1-2)"
+    )
     max_prompt_tokens: int = _f(
         1024,
         "longer prompts keep their last tokens (conversation: the oldest whole turns leave the "
@@ -121,7 +123,7 @@ class TrainConfig:
         "error | log | off",
         choices=("error", "log", "off"),
     )
-    invalid_penalty: float = _f(0.1, "subtracted from a turn's reward when the reply has no action")
+    invalid_penalty: float = _f(1.0, "subtracted from a turn's reward when the reply has no action")
     async_staleness: int = _f(
         0,
         "asynchronous rollouts: a worker collects the next steps' groups while the current step "
@@ -150,7 +152,7 @@ class TrainConfig:
     omega: float = _f(1.0, "weight of GiGPO's step advantage")
     adv_norm: str = _f("std", "group normalisation: std | mean")
     turn_weight: str = _f(
-        "turn",
+        "episode",
         "weight of a turn in the policy loss: turn (every turn once, so long episodes weigh "
         "more) | episode (an episode's turns share one episode's weight: advantages are scaled "
         "by mean turns per episode / the episode's turns)",
@@ -173,7 +175,7 @@ class TrainConfig:
     epo_k_low: float = _f(0.2, "EPO band below the historical entropy (fraction)")
     epo_k_high: float = _f(0.2, "EPO band above the historical entropy (fraction)")
     # -- PPO update ---------------------------------------------------------------------------
-    lr: float = _f(5e-5, "RL learning rate (AdamW)")
+    lr: float = _f(5e-4, "RL learning rate (AdamW)")
     lr_schedule: str = _f(
         "constant",
         "RL learning rate over the steps: constant | linear (from lr at step 1 down to "
@@ -192,7 +194,7 @@ class TrainConfig:
     )
     clip_eps: float = _f(0.2, "PPO ratio clip")
     clip_eps_high: float | None = _f(
-        None, "upper ratio clip, clip-higher (DAPO: 0.28); None: clip_eps (symmetric)"
+        0.28, "upper ratio clip, clip-higher (DAPO: 0.28); None: clip_eps (symmetric)"
     )
     dual_clip: float | None = _f(3.0, "dual-clip bound c for negative advantages (None: off)")
     kl_coef: float = _f(0.0, "k3 KL penalty to the SFT model (0: off, no reference model)")
@@ -224,7 +226,7 @@ class TrainConfig:
     )
     # -- learning stability (docs/stability.md) ------------------------------------------------
     dynamic_sampling: bool = _f(
-        False,
+        True,
         "DAPO dynamic sampling: drop groups whose shaped returns are all equal and refill with "
         "new tasks until groups_per_step informative groups are in hand",
     )
@@ -253,8 +255,8 @@ class TrainConfig:
     guard_lr_factor: float = _f(0.5, "guard: the learning rate is multiplied by this on a restore")
     guard_min_lr: float = _f(1e-7, "guard: the learning rate is never lowered below this")
     # -- evaluation, logging, checkpoints -----------------------------------------------------
-    eval_every: int = _f(4, "greedy held-out evaluation every N steps (0: only before/after)")
-    eval_episodes: int = _f(64, "held-out episodes per evaluation")
+    eval_every: int = _f(10, "greedy held-out evaluation every N steps (0: only before/after)")
+    eval_episodes: int = _f(256, "held-out episodes per evaluation")
     eval_temperature: float = _f(
         0.0,
         "evaluation sampling temperature (0: greedy); above 0 every evaluation draws from its "
