@@ -194,7 +194,7 @@ class TrainConfig:
     )
     clip_eps: float = _f(0.2, "PPO ratio clip")
     clip_eps_high: float | None = _f(
-        0.28, "upper ratio clip, clip-higher (DAPO: 0.28); None: clip_eps (symmetric)"
+        None, "upper ratio clip, clip-higher (DAPO: 0.28); None: clip_eps (symmetric)"
     )
     dual_clip: float | None = _f(3.0, "dual-clip bound c for negative advantages (None: off)")
     kl_coef: float = _f(0.0, "k3 KL penalty to the SFT model (0: off, no reference model)")
@@ -226,7 +226,7 @@ class TrainConfig:
     )
     # -- learning stability (docs/stability.md) ------------------------------------------------
     dynamic_sampling: bool = _f(
-        True,
+        False,
         "DAPO dynamic sampling: drop groups whose shaped returns are all equal and refill with "
         "new tasks until groups_per_step informative groups are in hand",
     )

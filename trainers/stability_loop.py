@@ -1,7 +1,6 @@
 """The learning-stability tools of :mod:`~agentgym.trainers.stability` as parts of the
 ``agentgym train`` loop: dynamic sampling (``--dynamic-sampling``) and the collapse guard
-(``--guard``). Dynamic sampling is on in the default run, the guard is off by default;
-``docs/stability.md`` ("In the training loop") says what
+(``--guard``). Both are off by default; ``docs/stability.md`` ("In the training loop") says what
 each logs and costs.
 
 * :func:`collect_groups` plays one step's groups; with dynamic sampling it drops the groups whose
