@@ -311,7 +311,7 @@ def _train_cli(out: Path, *extra: str) -> float:
         "--sft-epochs 2 --steps 2 --groups-per-step 3 --group-size 2 --max-new-tokens 6 "
         "--eval-episodes 3 --eval-every 1 --save-every 1 --minibatch-size 8 --micro-batch-size 2 "
         "--algo grpo --entropy-coef 0.01 --kl-coef 0.05 --lr 0.001 --json --no-progress "
-        "--no-tensorboard --no-dynamic-sampling"
+        "--no-tensorboard"
     )
     args = ["-m", "agentgym.cli", "train", "--out", str(out), *flags, *extra]
     args += ["--env-kwargs", '{"rooms": 1}']

@@ -120,7 +120,7 @@ def test_clip_higher_widens_only_the_upper_clip_in_the_training_loss(tiny):
     assert torch.equal(sym[1:], hi[1:])  # negative advantage and the lower clip: unchanged
     cfg = TrainConfig(clip_eps_high=0.28)
     assert cfg.loss_config().clip_eps_high == 0.28
-    assert TrainConfig(clip_eps_high=None).loss_config().clip_eps_high is None
+    assert TrainConfig().loss_config().clip_eps_high is None
     samples = _samples(tiny)
     on = _run(tiny, samples, default_terms(cfg.loss_config()))
     off = _run(tiny, samples, [ClipTerm(0.2, 3.0)])

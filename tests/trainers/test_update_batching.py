@@ -374,7 +374,6 @@ def test_bench_update_on_a_runs_own_samples(tmp_path, capsys):
         ["train", "--out", str(out), "--steps", "1", "--sft-episodes", "4", "--sft-epochs", "1"]
         + ["--groups-per-step", "2", "--group-size", "2", "--num-envs", "4", "--eval-episodes"]
         + ["2", "--write-trajectories", "--no-progress", "--threads", "1", "--save-every", "0"]
-        + ["--no-dynamic-sampling"]  # keep every group: an untrained start often wins none
     )
     assert rc == 0
     capsys.readouterr()
