@@ -155,14 +155,33 @@ _BOOKKEEPING = frozenset(
 )
 
 
+#: Settings that only one estimator reads: they cannot change another method's numbers, so a
+#: cached run of another method stays valid when they change (e.g. ``--set spa_beta=0.1`` added
+#: to a benchmark whose GRPO and GiGPO runs are done).
+_READ_ONLY_BY = {
+    "spa_beta": "spa",
+    "progress_lr": "spa",
+    "progress_epochs": "spa",
+    "progress_replay": "spa",
+    "progress_target": "spa",
+    "value_lr": "ppo",
+    "value_epochs": "ppo",
+    "value_clip": "ppo",
+}
+
+
 def _check_cached(run_dir: Path, have: dict[str, Any], want: dict[str, Any]) -> None:
     """Refuse to put a cached run made with other settings (``have``, from its report) into
     this table."""
     want = json.loads(json.dumps(want))  # tuples as the report stores them (lists)
+    algo = want.get("algo")
     diff = [
         f"{k}: {have.get(k)!r} (cached) vs {v!r} (now)"
         for k, v in want.items()
-        if k not in _BOOKKEEPING and k in have and have[k] != v
+        if k not in _BOOKKEEPING
+        and _READ_ONLY_BY.get(k, algo) == algo
+        and k in have
+        and have[k] != v
     ]
     if diff:
         raise ValueError(

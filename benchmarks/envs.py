@@ -153,8 +153,18 @@ def bench_pool_async(
     }
 
 
+def _bracketed(runs: list[dict[str, float]]) -> dict[str, float]:
+    """The sequential baseline of a pool run measured right before and right after it: the
+    mean of their seconds for the same steps, so a machine that speeds up or slows down during
+    the round moves the baseline with the pool run it is compared with."""
+    seconds = sum(r["seconds"] for r in runs) / len(runs)
+    return {**runs[0], "seconds": seconds, "steps_per_s": runs[0]["steps"] / seconds}
+
+
 def _one_round(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, Any]:
-    seq = bench_sequential(args.env, args.num_envs, args.steps, args.seed, kwargs)
+    # seq, lock-step pool, seq, [async pool, seq]: each pool run is compared with the mean of
+    # the sequential runs on either side of it.
+    seq_runs = [bench_sequential(args.env, args.num_envs, args.steps, args.seed, kwargs)]
     pool = bench_pool(
         args.env,
         args.num_envs,
@@ -164,6 +174,8 @@ def _one_round(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, An
         backend=args.backend,
         num_workers=args.num_workers,
     )
+    seq_runs.append(bench_sequential(args.env, args.num_envs, args.steps, args.seed, kwargs))
+    seq = _bracketed(seq_runs)
     seq_step_ms = 1e3 / seq["steps_per_s"]
     # Per batched step, the ideal pool time is the envs' compute spread over the workers; what
     # remains is the pool's own cost (pickling, pipes, scheduling, waiting for the slowest
@@ -186,6 +198,9 @@ def _one_round(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, An
         a = bench_pool_async(
             args.env, args.num_envs, args.steps, args.seed, kwargs, num_workers=args.num_workers
         )
+        seq_runs.append(bench_sequential(args.env, args.num_envs, args.steps, args.seed, kwargs))
+        seq = _bracketed(seq_runs[1:])
+        seq_step_ms = 1e3 / seq["steps_per_s"]
         # With W workers the ideal is W x sequential; the rest is overhead per env step.
         ideal_s = a["steps"] * seq_step_ms / 1e3 / a["workers"]
         out["async_steps_per_s"] = round(a["steps_per_s"], 1)
@@ -194,6 +209,10 @@ def _one_round(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, An
             max(0.0, a["seconds"] - ideal_s) * 1e3 / (a["steps"] / a["workers"]), 3
         )
         out.update(_split(a, seq_step_ms, "async_"))
+    # How much the same sequential loop moved within the round (slowest / fastest): the
+    # machine's own drift, which a ratio against one earlier baseline would count as the pool's.
+    secs = [r["seconds"] for r in seq_runs]
+    out["sequential_drift"] = round(max(secs) / min(secs), 3)
     return out
 
 

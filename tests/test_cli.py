@@ -117,6 +117,17 @@ def test_bench_envs_reports_ratio(corridor_id: str, capsys) -> None:
     for key in ("worker_utilisation", "async_worker_utilisation"):
         assert 0 < d[key] <= 1.0
     assert d["in_worker_step_ms"] > 0 and d["own_overhead_ms_per_step"] >= 0
+    # the baseline is measured on either side of each pool run; its drift is reported
+    assert d["sequential_drift"] >= 1.0
+
+
+def test_bracketed_baseline_is_the_mean_of_the_runs_around_a_pool_run() -> None:
+    from agentgym.benchmarks.envs import _bracketed
+
+    before = {"steps": 100, "seconds": 1.0, "steps_per_s": 100.0, "reset_s": 0.1}
+    after = {"steps": 100, "seconds": 3.0, "steps_per_s": 100 / 3, "reset_s": 0.2}
+    b = _bracketed([before, after])
+    assert b["seconds"] == 2.0 and b["steps_per_s"] == 50.0
 
 
 @pytest.mark.parametrize("args", [["--help"], ["rollout", "--help"]])

@@ -166,7 +166,8 @@ class TrainConfig:
     value_clip: float | None = _f(0.2, "critic value clip (None: plain MSE) (algo ppo)")
     spa_beta: float = _f(1.0, "SPA weight of the grounding (valid action) signal (algo spa)")
     progress_lr: float = _f(1e-3, "progress estimator learning rate (algo spa)")
-    progress_epochs: int = _f(3, "progress estimator passes per iteration (algo spa)")
+    progress_epochs: int = _f(1, "progress estimator passes per iteration (algo spa)")
+    progress_replay: int = _f(256, "earlier episodes the progress estimator refits on (algo spa)")
     progress_target: str = _f("won", "what contributions sum to: won | return (algo spa)")
     # -- EPO entropy control ------------------------------------------------------------------
     epo: bool = _f(False, "EPO: trajectory entropy bonus + entropy smoothing + phase weights")
@@ -354,7 +355,13 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1: pass e.g. {flag} 1")
-        for name in ("eval_episodes", "sft_episodes", "eval_every", "save_every"):
+        for name in (
+            "eval_episodes",
+            "sft_episodes",
+            "eval_every",
+            "save_every",
+            "progress_replay",
+        ):
             if getattr(self, name) < 0:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 0: pass e.g. {flag} 0")

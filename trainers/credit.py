@@ -457,7 +457,10 @@ def spa_rewards(batch: CreditBatch, config: CreditConfig) -> list[np.ndarray]:
     ``c_t`` = ``batch.extras["progress"]``: the progress estimator's stepwise contributions
     (trained so that ``sum_t c_t`` matches the episode's final reward). ``g_t`` =
     ``batch.extras["grounding"]`` if present, else ``batch.extras["valid"]`` (1 if the action
-    was executable, else 0). The env rewards in ``batch.rewards`` are NOT used.
+    was executable, else 0). The env rewards in ``batch.rewards`` are NOT used; a per-turn
+    ``batch.extras["penalty"]`` (the trainer's ``--invalid-penalty`` for malformed replies) is
+    subtracted, so the format penalty that every other estimator sees in the rewards holds for
+    SPA too.
     """
     if "progress" not in batch.extras:
         raise ValueError(
@@ -471,14 +474,19 @@ def spa_rewards(batch: CreditBatch, config: CreditConfig) -> list[np.ndarray]:
             "estimator 'spa' needs a grounding signal: batch.extras['grounding'] or ['valid'] "
             "(CreditBatch.from_trajectories fills 'valid' from turn.valid)"
         )
-    return [c + config.spa_beta * g for c, g in zip(batch.extras["progress"], batch.extras[g_key])]
+    rewards = [
+        c + config.spa_beta * g for c, g in zip(batch.extras["progress"], batch.extras[g_key])
+    ]
+    if "penalty" in batch.extras:  # the trainer's invalid-format penalty, charged as for others
+        rewards = [r - p for r, p in zip(rewards, batch.extras["penalty"])]
+    return rewards
 
 
 @register_estimator("spa")
 def spa(batch: CreditBatch, config: CreditConfig) -> list[np.ndarray]:
     """SPA-RL (Wang et al. 2025, "Reinforcing LLM Agents via Stepwise Progress Attribution").
 
-        r_t = c_t + spa_beta * g_t                          (see :func:`spa_rewards`)
+        r_t = c_t + spa_beta * g_t - penalty_t              (see :func:`spa_rewards`)
         R_t = sum_{k>=t} gamma^(k-t) r_k                    (return-to-go, [T_i])
         A_t = (R_t - mean_G) / (std_G + eps)   or   R_t - mean_G   (norm)
 

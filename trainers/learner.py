@@ -70,6 +70,10 @@ class Learner:
         hi = lo + len(mine)
         shaped = apply_penalty([t for p in parts for t in p], cfg.invalid_penalty)
         batch = apply_transforms(cfg.transform, CreditBatch.from_trajectories(shaped), credit_cfg)
+        if cfg.invalid_penalty:
+            # The penalty is in the batch's rewards already; an estimator that builds its own
+            # rewards (SPA) reads it here, so --invalid-penalty holds for every estimator.
+            batch = batch.replace(extras={**batch.extras, "penalty": penalties(shaped, cfg)})
         extra: dict[str, float] = step_group_stats(batch)  # every method: it describes the data
         for piece in self.pieces:
             batch, metrics = piece.annotate(batch, shaped)
@@ -122,6 +126,15 @@ def apply_penalty(trajs: Sequence[Any], penalty: float) -> list[Any]:
         ]
         out.append(dataclasses.replace(t, turns=turns))
     return out
+
+
+def penalties(trajs: Sequence[Any], cfg: Any) -> list[Any]:
+    """Per turn of each trajectory: the invalid-format penalty it was charged (0 or
+    ``cfg.invalid_penalty``), as float arrays."""
+    import numpy as np
+
+    pen = float(cfg.invalid_penalty)
+    return [np.array([0.0 if u.format_ok else pen for u in t.turns]) for t in trajs]
 
 
 def _learnable(turn: Any) -> bool:

@@ -174,7 +174,12 @@ def _progress(pc: PieceContext) -> CreditPiece:
     cfg = pc.cfg
     est = ProgressEstimator.from_pretrained(
         pc.scorer_from,
-        ProgressConfig(lr=cfg.progress_lr, epochs=cfg.progress_epochs, target=cfg.progress_target),
+        ProgressConfig(
+            lr=cfg.progress_lr,
+            epochs=cfg.progress_epochs,
+            target=cfg.progress_target,
+            replay=cfg.progress_replay,
+        ),
         pad_id=pc.pad_id,
         device=pc.device,
         seed=cfg.seed,

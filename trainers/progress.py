@@ -58,7 +58,7 @@ class ProgressConfig:
     """
 
     lr: float = 1e-3
-    epochs: int = 3
+    epochs: int = 1
     episodes_per_step: int = 8
     target: str = "won"
     max_grad_norm: float = 1.0

@@ -258,6 +258,9 @@ def test_spa_uses_progress_and_grounding():
     # "grounding" takes precedence over "valid".
     b3 = batch([[0, 0, 0], [0, 0]], extras={**b.extras, "grounding": [[0, 0, 0], [0, 0]]})
     close(spa_rewards(b3, cfg), [c1, c2])
+    # The trainer's invalid-format penalty (extras["penalty"]) is charged to SPA's rewards too.
+    b4 = batch([[0, 0, 1], [0, 0]], extras={**b.extras, "penalty": [[0, 1, 0], [0, 0]]})
+    close(spa_rewards(b4, cfg), [[0.6, -0.7, 1.1], [0.5, 0.7]])
 
 
 def test_spa_mean_norm_and_missing_progress():
@@ -719,3 +722,14 @@ def test_values_from_records_and_spa_critic_variant():
     # delta_2 = 1.5 - 0.7 = 0.8; delta_1 = 1 + 0.63 - 0.6 = 1.03; delta_0 = 1 + 0.54 - 0.5 = 1.04
     # A_2 = 0.8; A_1 = 1.03 + 0.72*0.8 = 1.606; A_0 = 1.04 + 0.72*1.606 = 2.19632
     close(compute_advantages("ppo", b2, cfg), [[2.19632, 1.606, 0.8]])
+
+
+def test_learner_charges_the_format_penalty_per_malformed_turn():
+    """The penalty the learner hands to SPA: --invalid-penalty on each malformed reply's turn."""
+    from types import SimpleNamespace as NS
+
+    from agentgym.trainers.learner import penalties
+
+    trajs = [NS(turns=[NS(format_ok=True), NS(format_ok=False)]), NS(turns=[NS(format_ok=False)])]
+    out = penalties(trajs, NS(invalid_penalty=0.5))
+    close(out, [[0.0, 0.5], [0.5]])

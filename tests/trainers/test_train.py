@@ -513,6 +513,11 @@ def test_bench_algos_writes_table_plot_and_results(tmp_path, tiny_model):
         run_bench(
             tmp_path / "b", methods=["gigpo"], seeds=[0], base={**base, "lr": 1.0}, log=logs.append
         )
+    # ... but a setting only another estimator reads (SPA's grounding weight, the critic's lr)
+    # does not make GiGPO's cached run stale: it is read back, not retrained.
+    only_others = {**base, "spa_beta": 0.1, "progress_epochs": 5, "value_lr": 0.5}
+    run_bench(tmp_path / "b", methods=["gigpo"], seeds=[0], base=only_others, log=logs.append)
+    assert (tmp_path / "b" / "gigpo_seed0" / "report.json").stat().st_mtime_ns == stamp
 
 
 def test_success_summary_pairs_the_evaluation_episodes():
