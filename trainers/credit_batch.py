@@ -246,7 +246,7 @@ class CreditBatch:
                 rc = turn.info.get("reward_channels")
                 if isinstance(rc, dict):
                     chan_names.update(str(k) for k in rc)
-        reserved = {"valid", "won", "progress"} & (chan_names | set(info_keys))
+        reserved = {"valid", "won", "progress", "penalty"} & (chan_names | set(info_keys))
         if reserved:
             raise ValueError(
                 f"reward channel name(s) {sorted(reserved)} clash with built-in extras: rename them"
