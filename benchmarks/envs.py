@@ -268,6 +268,7 @@ def cmd_bench_envs(args: argparse.Namespace) -> int:
         **rounds[-1],
     }
     if args.repeats > 1:  # each ratio comes from one round: report all and their spread
+        out["sequential_drifts"] = [r["sequential_drift"] for r in rounds]
         for key in ("speedup_vs_sequential", "async_speedup_vs_sequential"):
             vals = [r[key] for r in rounds if key in r]
             if vals:
