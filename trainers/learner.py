@@ -73,7 +73,9 @@ class Learner:
         if cfg.invalid_penalty:
             # The penalty is in the batch's rewards already; an estimator that builds its own
             # rewards (SPA) reads it here, so --invalid-penalty holds for every estimator.
-            batch = batch.replace(extras={**batch.extras, "penalty": penalties(shaped, cfg)})
+            batch = batch.replace(
+                extras={**batch.extras, "penalty": penalties(shaped, cfg.invalid_penalty)}
+            )
         extra: dict[str, float] = step_group_stats(batch)  # every method: it describes the data
         for piece in self.pieces:
             batch, metrics = piece.annotate(batch, shaped)
@@ -128,13 +130,12 @@ def apply_penalty(trajs: Sequence[Any], penalty: float) -> list[Any]:
     return out
 
 
-def penalties(trajs: Sequence[Any], cfg: Any) -> list[Any]:
-    """Per turn of each trajectory: the invalid-format penalty it was charged (0 or
-    ``cfg.invalid_penalty``), as float arrays."""
+def penalties(trajs: Sequence[Any], penalty: float) -> list[Any]:
+    """Per turn of each trajectory, as float arrays: the invalid-format penalty
+    :func:`apply_penalty` charged it (0, or ``penalty`` where the reply had no parsable action)."""
     import numpy as np
 
-    pen = float(cfg.invalid_penalty)
-    return [np.array([0.0 if u.format_ok else pen for u in t.turns]) for t in trajs]
+    return [np.array([0.0 if u.format_ok else float(penalty) for u in t.turns]) for t in trajs]
 
 
 def _learnable(turn: Any) -> bool:

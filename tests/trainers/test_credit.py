@@ -731,5 +731,5 @@ def test_learner_charges_the_format_penalty_per_malformed_turn():
     from agentgym.trainers.learner import penalties
 
     trajs = [NS(turns=[NS(format_ok=True), NS(format_ok=False)]), NS(turns=[NS(format_ok=False)])]
-    out = penalties(trajs, NS(invalid_penalty=0.5))
+    out = penalties(trajs, 0.5)
     close(out, [[0.0, 0.5], [0.5]])
