@@ -353,7 +353,7 @@ def load_model(
     decoder batches prompts of different lengths) and always has a pad token (the eos token when
     the model names none). ``lora`` is a dict of :class:`peft.LoraConfig` arguments, e.g.
     ``{"r": 8, "lora_alpha": 16}`` (``target_modules`` defaults to the attention and MLP
-    projections).
+    projections); its layers train through :func:`agentgym.lora.fuse_lora`.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -377,5 +377,8 @@ def load_model(
         from peft import LoraConfig, get_peft_model
 
         cfg = {**LORA_DEFAULTS, **lora}
+        from agentgym.lora import fuse_lora
+
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **cfg))
+        fuse_lora(model)  # the same adapters, trained with one large product per layer
     return model, tok

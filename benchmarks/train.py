@@ -2,7 +2,9 @@
 matmul peak, both measured in the same run.
 
 For each model shape and each way of training it (``full``: every weight; ``lora``: the
-trainer's LoRA adapters, :func:`agentgym.models.LORA_DEFAULTS` at ``--lora-r``) the benchmark
+trainer's LoRA adapters, :func:`agentgym.models.LORA_DEFAULTS` at ``--lora-r``, with the fused
+layers of :func:`agentgym.lora.fuse_lora`; ``lora_peft``: the same adapters with peft's own
+forward, the same-run baseline of the fused layers) the benchmark
 
 1. times :func:`agentgym.trainers.losses.ppo_update` as the trainer calls it on synthetic
    stepwise-agent samples (:func:`agentgym.benchmarks.update.make_samples`: real left-padded
@@ -43,12 +45,14 @@ from typing import Any
 __all__ = ["SHAPES", "MODES", "bench_train", "build", "matmul_peak", "add_cli"]
 
 SHAPES = ("tiny", "smollm2")
-MODES = ("full", "lora")
+MODES = ("full", "lora", "lora_peft")
+DEFAULT_MODES = ("full", "lora")
 
 
 def build(shape: str, mode: str, *, layers: int, lora_r: int, seed: int = 0) -> Any:
-    """A random-init model of ``shape`` (float32), wrapped in LoRA adapters for ``mode="lora"``
-    exactly as :func:`agentgym.models.load_model` wraps the trainer's model."""
+    """A random-init model of ``shape`` (float32), wrapped in LoRA adapters for the LoRA modes
+    exactly as :func:`agentgym.models.load_model` wraps the trainer's model (``lora_peft``: without
+    :func:`agentgym.lora.fuse_lora`)."""
     import torch
     import transformers
 
@@ -72,13 +76,16 @@ def build(shape: str, mode: str, *, layers: int, lora_r: int, seed: int = 0) -> 
         cfg._attn_implementation = "sdpa"
         torch.manual_seed(seed)
         model = transformers.LlamaForCausalLM(cfg).float()
-    if mode == "lora":
+    if mode in ("lora", "lora_peft"):
         from peft import LoraConfig, get_peft_model
 
+        from agentgym.lora import fuse_lora
         from agentgym.models import LORA_DEFAULTS
 
         lora = {**LORA_DEFAULTS, "r": lora_r, "lora_alpha": 2 * lora_r}  # as agentgym train
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
+        if mode == "lora":
+            fuse_lora(model)
     return model
 
 
@@ -168,7 +175,7 @@ def bench_case(
     from agentgym.trainers.losses import PPOConfig, micro_batches
 
     model = build(shape, mode, layers=layers, lora_r=lora_r, seed=seed)
-    base = model.get_base_model() if mode == "lora" else model
+    base = model if mode == "full" else model.get_base_model()
     c = base.config
     data = make_samples(
         base,
@@ -224,7 +231,7 @@ def bench_case(
 
 def bench_train(
     shapes: Sequence[str] = SHAPES,
-    modes: Sequence[str] = MODES,
+    modes: Sequence[str] = DEFAULT_MODES,
     *,
     samples: int = 64,
     prompt_tokens: int = 186,
@@ -278,6 +285,15 @@ def bench_train(
                     seed=seed,
                 )
             )
+    # the fused LoRA layers against peft's own, per shape, when both ran
+    secs = {(c["shape"], c["mode"]): c["seconds"] for c in report["cases"]}
+    speedup = {
+        shape: round(secs[(shape, "lora_peft")] / secs[(shape, "lora")], 3)
+        for shape in shapes
+        if (shape, "lora") in secs and (shape, "lora_peft") in secs
+    }
+    if speedup:
+        report["lora_fused_speedup"] = speedup
     return report
 
 
@@ -321,7 +337,11 @@ def add_cli(sub: Any, groups: dict[str, Any]) -> None:
         "train", help="update tokens/s and its fraction of a same-run fp32 matmul peak"
     )
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, from {SHAPES}")
-    p.add_argument("--modes", default=",".join(MODES), help="full (all weights), lora, or both")
+    p.add_argument(
+        "--modes",
+        default=",".join(DEFAULT_MODES),
+        help=f"comma-separated, from {MODES} (lora_peft: peft's unfused layers, a baseline for lora)",
+    )
     add_update_flags(p, samples=64, minibatch_size=16)
     p.add_argument("--lora-r", type=int, default=8, help="LoRA rank of the lora mode")
     p.set_defaults(func=cmd_bench_train)

@@ -329,7 +329,10 @@ def _model(run: _Run) -> tuple[Any, Any, dict[str, Any], dict[str, Any] | None]:
             from peft import PeftModel
 
             base, tok = load_model(state["base_model"], device=cfg.device, dtype=cfg.dtype)
+            from agentgym.lora import fuse_lora
+
             model = PeftModel.from_pretrained(base, run.checkpoint, is_trainable=True)
+            fuse_lora(model)
         else:
             model, tok = load_model(run.checkpoint, device=cfg.device, dtype=cfg.dtype)
         return model, tok, state, None
