@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["fuse_lora", "FusedLoraLinear"]
+__all__ = ["fuse_lora", "FusedLoraLinear"]  # noqa: F822 (built on first use)
 
 
 def _merged(weight: Any, a: Any, b: Any, scaling: float) -> Any:
@@ -42,7 +42,9 @@ def _function() -> Any:
         """``F.linear(x, W + s B A, bias)`` with the gradients of ``x``, ``A`` and ``B``."""
 
         @staticmethod
-        def forward(ctx: Any, x: Any, weight: Any, bias: Any, a: Any, b: Any, scaling: float) -> Any:
+        def forward(
+            ctx: Any, x: Any, weight: Any, bias: Any, a: Any, b: Any, scaling: float
+        ) -> Any:
             ctx.save_for_backward(x, weight, a, b)
             ctx.scaling = scaling
             return F.linear(x, _merged(weight, a, b, scaling), bias)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import threading
 import time
 from typing import Any
 
@@ -20,29 +21,107 @@ def _choose(rng: random.Random, obs: Any) -> str:
 
 
 def bench_sequential(
-    env_id: str, num_envs: int, steps: int, seed: int, env_kwargs: dict[str, Any]
+    env_id: Any,
+    num_envs: int,
+    steps: int,
+    seed: int,
+    env_kwargs: dict[str, Any],
+    *,
+    first: int = 0,
+    start: Any = None,
 ) -> dict[str, float]:
-    """One process, ``num_envs`` envs stepped one after another."""
+    """One process, ``num_envs`` envs (seeds ``seed + first`` on) stepped one after another.
+
+    ``env_id`` is an id or an :class:`~agentgym.registration.EnvSpec`; ``start``, a barrier the
+    loop waits on after its resets, right before its clock starts."""
     import agentgym
 
     envs = [agentgym.make(env_id, **env_kwargs) for _ in range(num_envs)]
-    rng = random.Random(seed)
+    rng = random.Random(seed + first)
+    seeds = [seed + first + i for i in range(num_envs)]
     try:
         t0 = time.perf_counter()
-        obs = [e.reset(seed=seed + i)[0] for i, e in enumerate(envs)]
+        obs = [e.reset(seed=seeds[i])[0] for i, e in enumerate(envs)]
         reset_s = time.perf_counter() - t0
+        if start is not None:
+            start.wait(timeout=600)
         n = 0
         t0 = time.perf_counter()
         for _ in range(steps):
             for i, e in enumerate(envs):
                 o, _, te, tr, _ = e.step(_choose(rng, obs[i]))
                 n += 1
-                obs[i] = e.reset(seed=seed + i)[0] if te or tr else o
+                obs[i] = e.reset(seed=seeds[i])[0] if te or tr else o
         dt = time.perf_counter() - t0
     finally:
         for e in envs:
             e.close()
     return {"steps": n, "seconds": dt, "steps_per_s": n / dt, "reset_s": reset_s}
+
+
+def _ceiling_worker(
+    env_spec: Any,
+    num_envs: int,
+    first: int,
+    steps: int,
+    seed: int,
+    env_kwargs: dict[str, Any],
+    start: Any,
+    results: Any,
+) -> None:
+    try:
+        results.put(
+            bench_sequential(env_spec, num_envs, steps, seed, env_kwargs, first=first, start=start)
+        )
+    except BaseException as e:  # the parent reports it instead of waiting
+        start.abort()
+        results.put({"error": f"{type(e).__name__}: {e}"})
+
+
+def bench_ceiling(
+    env_id: str, num_envs: int, steps: int, seed: int, env_kwargs: dict[str, Any], workers: int
+) -> dict[str, float]:
+    """The most ``workers`` processes can do on this machine: each runs the sequential loop over
+    its share of the envs, all started together, with no pool, no messages and no caller. What
+    it loses against ``workers`` x sequential is the machine's (shared caches and memory
+    bandwidth, the clock of a busier chip), so no pool design can beat it."""
+    import multiprocessing as mp
+
+    from agentgym.registration import spec
+
+    ctx = mp.get_context("spawn")
+    start, results = ctx.Barrier(workers + 1), ctx.Queue()
+    shares = [num_envs // workers + (k < num_envs % workers) for k in range(workers)]
+    firsts = [sum(shares[:k]) for k in range(workers)]
+    procs = [
+        ctx.Process(
+            target=_ceiling_worker,
+            args=(spec(env_id), n, f, steps, seed, env_kwargs, start, results),
+            daemon=True,
+        )
+        for n, f in zip(shares, firsts)
+        if n
+    ]
+    for p in procs:
+        p.start()
+    try:
+        try:
+            start.wait(timeout=600)
+        except threading.BrokenBarrierError:
+            pass  # a worker failed before its clock started: its error is on the queue
+        runs = [results.get(timeout=3600) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.kill()
+    errors = [r["error"] for r in runs if "error" in r]
+    if errors:
+        raise RuntimeError(f"a ceiling worker failed: {errors[0]}")
+    n = sum(r["steps"] for r in runs)
+    # each process timed its own loop; the slowest one is when all the work was done
+    dt = max(r["seconds"] for r in runs)
+    return {"steps": n, "seconds": dt, "steps_per_s": n / dt, "workers": len(procs)}
 
 
 def bench_pool(
@@ -209,6 +288,17 @@ def _one_round(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, An
             max(0.0, a["seconds"] - ideal_s) * 1e3 / (a["steps"] / a["workers"]), 3
         )
         out.update(_split(a, seq_step_ms, "async_"))
+        # The machine's ceiling for as many processes, bracketed the same way: the pool's
+        # speedup over it is the share of the reachable speedup the pool delivers.
+        c = bench_ceiling(
+            args.env, args.num_envs, args.steps, args.seed, kwargs, workers=a["workers"]
+        )
+        seq_runs.append(bench_sequential(args.env, args.num_envs, args.steps, args.seed, kwargs))
+        seq = _bracketed(seq_runs[2:])
+        out["parallel_ceiling"] = round(c["steps_per_s"] / seq["steps_per_s"], 3)
+        out["async_of_ceiling"] = round(
+            out["async_speedup_vs_sequential"] / out["parallel_ceiling"], 3
+        )
     # How much the same sequential loop moved within the round (slowest / fastest): the
     # machine's own drift, which a ratio against one earlier baseline would count as the pool's.
     secs = [r["seconds"] for r in seq_runs]
@@ -269,12 +359,14 @@ def cmd_bench_envs(args: argparse.Namespace) -> int:
     }
     if args.repeats > 1:  # each ratio comes from one round: report all and their spread
         out["sequential_drifts"] = [r["sequential_drift"] for r in rounds]
-        for key in ("speedup_vs_sequential", "async_speedup_vs_sequential"):
+        for key in ("speedup_vs_sequential", "async_speedup_vs_sequential", "parallel_ceiling"):
             vals = [r[key] for r in rounds if key in r]
             if vals:
                 out[key] = round(statistics.median(vals), 3)
-                out[key.replace("speedup", "speedups")] = vals
-                out[key.replace("speedup", "speedup_min")] = min(vals)
+                out[key.replace("speedup", "speedups").replace("ceiling", "ceilings")] = vals
+                out[key.replace("speedup", "speedup_min").replace("ceiling", "ceiling_min")] = min(
+                    vals
+                )
         for key in (
             "pool_overhead_ms_per_step",
             "async_overhead_ms_per_step",
@@ -284,6 +376,7 @@ def cmd_bench_envs(args: argparse.Namespace) -> int:
             "async_parallel_slowdown",
             "worker_utilisation",
             "async_worker_utilisation",
+            "async_of_ceiling",
         ):
             vals = [r[key] for r in rounds if key in r]
             if vals:

@@ -119,6 +119,20 @@ def test_bench_envs_reports_ratio(corridor_id: str, capsys) -> None:
     assert d["in_worker_step_ms"] > 0 and d["own_overhead_ms_per_step"] >= 0
     # the baseline is measured on either side of each pool run; its drift is reported
     assert d["sequential_drift"] >= 1.0
+    # the machine's own ceiling for two processes, and the share of it the pool delivers
+    assert 0 < d["parallel_ceiling"] < 2.5
+    assert d["async_of_ceiling"] == pytest.approx(
+        d["async_speedup_vs_sequential"] / d["parallel_ceiling"], rel=0.01
+    )
+
+
+def test_the_parallel_ceiling_runs_every_env_in_its_own_processes(corridor_id: str) -> None:
+    from agentgym.benchmarks.envs import bench_ceiling
+
+    c = bench_ceiling(corridor_id, 5, 3, 0, {}, workers=2)
+    assert c["workers"] == 2 and c["steps"] == 5 * 3 and c["steps_per_s"] > 0
+    with pytest.raises(RuntimeError, match="a ceiling worker failed"):
+        bench_ceiling(corridor_id, 2, 3, 0, {"no_such_kwarg": 1}, workers=2)
 
 
 def test_bracketed_baseline_is_the_mean_of_the_runs_around_a_pool_run() -> None:

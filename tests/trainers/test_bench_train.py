@@ -20,13 +20,14 @@ def test_bench_train_json_reports_sane_fractions(capsys):
     rc = main(
         ["bench", "train", "--json", "--shapes", "tiny", "--samples", "8", "--repeats", "1"]
         + ["--prompt-tokens", "24", "--prompt-spread", "8", "--minibatch-size", "4"]
-        + ["--micro-batch-size", "4", "--threads", "1"]
+        + ["--micro-batch-size", "4", "--threads", "1", "--modes", "full,lora,lora_peft"]
     )
     assert rc == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert r["torch_threads"] == 1
     cases = {c["mode"]: c for c in r["cases"]}
-    assert set(cases) == {"full", "lora"} and all(c["shape"] == "tiny" for c in r["cases"])
+    assert set(cases) == {"full", "lora", "lora_peft"}
+    assert all(c["shape"] == "tiny" for c in r["cases"])
     for c in cases.values():
         assert c["tokens_per_s"] > 0 and c["seconds"] > 0 and c["executed_gflop"] > 0
         assert len(c["peak_shapes"]) == 3
@@ -41,6 +42,12 @@ def test_bench_train_json_reports_sane_fractions(capsys):
     # LoRA's frozen weights take no weight gradient, and its model runs the unpruned forward:
     # the counted FLOPs differ from full fine-tuning's, so they are counted, not assumed.
     assert lora["executed_gflop"] != full["executed_gflop"]
+    # the fused LoRA layers against peft's own, the same adapters, in the same run
+    peft_lora = cases["lora_peft"]
+    assert peft_lora["trainable_params"] == lora["trainable_params"]
+    assert r["lora_fused_speedup"] == {
+        "tiny": pytest.approx(peft_lora["seconds"] / lora["seconds"], rel=1e-2)
+    }
 
 
 def test_bench_train_errors():

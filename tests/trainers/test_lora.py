@@ -77,14 +77,20 @@ def _loss_and_grads(model, ids):
 def test_fused_layers_give_peft_s_loss_and_gradients(merges):
     ref, model, switched = _pair()
     assert switched == 2 * 7  # every targeted projection of both layers
-    assert all(type(m).__name__ == "FusedLoraLinear" for m in model.modules() if hasattr(m, "lora_A") and m.lora_A)
+    assert all(
+        type(m).__name__ == "FusedLoraLinear"
+        for m in model.modules()
+        if hasattr(m, "lora_A") and m.lora_A
+    )
     ids = _ids()
     loss_ref, g_ref = _loss_and_grads(ref, ids)
     assert not merges  # peft's layers never merge
     loss, g = _loss_and_grads(model, ids)
     assert merges  # the fused path ran
     assert loss == pytest.approx(loss_ref, rel=1e-5)
-    assert g.keys() == g_ref.keys() and any("lora_A" in k for k in g) and any("lora_B" in k for k in g)
+    assert (
+        g.keys() == g_ref.keys() and any("lora_A" in k for k in g) and any("lora_B" in k for k in g)
+    )
     for name in g:
         scale = g_ref[name].abs().max().clamp_min(1e-12)
         assert (g[name] - g_ref[name]).abs().max() / scale < 1e-4, name
@@ -101,7 +107,9 @@ def test_an_optimizer_step_trains_the_same_adapters():
             opt.step()
     a = {n: p for n, p in ref.named_parameters() if "lora_" in n}
     b = {n: p for n, p in model.named_parameters() if "lora_" in n}
-    moved = max((a[n] - p.detach()).abs().max().item() for n, p in _pair()[0].named_parameters() if n in a)
+    moved = max(
+        (a[n] - p.detach()).abs().max().item() for n, p in _pair()[0].named_parameters() if n in a
+    )
     assert moved > 1e-3  # the steps changed the adapters, so the comparison below means something
     assert max((a[n] - b[n]).abs().max().item() for n in a) < 1e-5
 
@@ -152,7 +160,9 @@ def test_fused_models_copy_pickle_save_and_merge_like_peft_s(tmp_path):
     with torch.no_grad():
         want = ref(ids).logits
         for m in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-            assert type(m.base_model.model.model.layers[0].self_attn.q_proj) is fused.FusedLoraLinear
+            assert (
+                type(m.base_model.model.model.layers[0].self_attn.q_proj) is fused.FusedLoraLinear
+            )
             assert torch.allclose(m(ids).logits, want, atol=1e-5)
         model.save_pretrained(tmp_path / "adapter")
         back = PeftModel.from_pretrained(_llama(), tmp_path / "adapter")
@@ -171,7 +181,9 @@ def test_load_model_trains_lora_through_the_fused_layers(tmp_path):
     pytest.importorskip("tokenizers")
     from tokenizers import Tokenizer, models
 
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")))
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>"))
+    )
     tok.eos_token = "<unk>"
     tok.save_pretrained(tmp_path / "m")
     model, _ = load_model(tmp_path / "m", device="cpu", lora={"r": 4})
