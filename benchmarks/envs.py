@@ -8,6 +8,7 @@ reset an env as soon as its episode ends.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import threading
@@ -105,10 +106,9 @@ def bench_ceiling(
     for p in procs:
         p.start()
     try:
-        try:
+        # a broken barrier: a worker failed before its clock started; its error is on the queue
+        with contextlib.suppress(threading.BrokenBarrierError):
             start.wait(timeout=600)
-        except threading.BrokenBarrierError:
-            pass  # a worker failed before its clock started: its error is on the queue
         runs = [results.get(timeout=3600) for _ in procs]
     finally:
         for p in procs:
