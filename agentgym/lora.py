@@ -23,6 +23,7 @@ non-``nn.Linear`` base layer, autocast, mixed-batch adapter names) keeps peft's 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 __all__ = ["fuse_lora", "FusedLoraLinear"]  # noqa: F822 (built on first use)
@@ -70,13 +71,9 @@ def _function() -> Any:
     return MergedLoRA
 
 
-_CLASSES: dict[str, Any] = {}
-
-
+@functools.cache
 def _fused_class() -> Any:
     """:class:`FusedLoraLinear`, built on first use (peft is an optional dependency)."""
-    if "cls" in _CLASSES:
-        return _CLASSES["cls"]
     import torch
     import torch.nn.functional as F
     from peft.tuners.lora.layer import Linear
@@ -121,7 +118,6 @@ def _fused_class() -> Any:
 
     FusedLoraLinear.__module__ = __name__
     FusedLoraLinear.__qualname__ = "FusedLoraLinear"  # picklable: agentgym.lora.FusedLoraLinear
-    _CLASSES["cls"] = FusedLoraLinear
     return FusedLoraLinear
 
 
