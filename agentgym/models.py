@@ -376,9 +376,9 @@ def load_model(
     if lora:
         from peft import LoraConfig, get_peft_model
 
-        cfg = {**LORA_DEFAULTS, **lora}
         from agentgym.lora import fuse_lora
 
+        cfg = {**LORA_DEFAULTS, **lora}
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **cfg))
         fuse_lora(model)  # the same adapters, trained with one large product per layer
     return model, tok
