@@ -75,6 +75,9 @@ class EpisodeStats:
     #: (``meta["timed_out"]``)
     truncated: int = 0
     timed_out: int = 0
+    #: executed turns whose reply used the whole token budget without ending (a model policy's
+    #: ``finish_reason`` ``"length"``): cut off, often in the middle of the action
+    cut: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -91,6 +94,7 @@ class EpisodeStats:
             s.format_ok += sum(x.format_ok for x in turns)
             s.truncated += int(t.truncated)
             s.timed_out += int(bool(t.meta.get("timed_out")))
+            s.cut += sum(x.policy.get("finish_reason") == "length" for x in turns)
         return s
 
     @property
@@ -117,6 +121,7 @@ class EpisodeStats:
             "format_ok": self.format_ok,
             "truncated": self.truncated,
             "timed_out": self.timed_out,
+            "cut": self.cut,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,6 +130,7 @@ class EpisodeStats:
             "success_rate": self.success_rate,
             "mean_turns": self.mean_turns,
             "invalid_action_rate": self.invalid / self.turns if self.turns else 0.0,
+            "reply_cut_rate": self.cut / self.turns if self.turns else 0.0,
             "crashed": self.crashed,
             "seconds": round(self.seconds, 3),
         }

@@ -128,14 +128,16 @@ def test_summary_counts_are_episode_stats() -> None:
         Trajectory("e-g1-m0", "e-g1", "x", turns=[Turn("o", "a", reward=1.0)], won=True),
         Trajectory("e-g2-m0", "e-g2", "x", turns=[Turn("o", "a")] * 3, crashed=True),
     ]
+    trajs[1].turns[0].policy["finish_reason"] = "length"  # a reply cut by its token budget
     c = EpisodeStats.of(trajs)
-    assert (c.turns, c.invalid, c.format_ok) == (5, 1, 5)
+    assert (c.turns, c.invalid, c.format_ok, c.cut) == (5, 1, 5, 1)
     assert (c.won, c.crashed, c.truncated, c.timed_out) == (1, 1, 1, 1)
     s = summarize([t.to_dict() for t in trajs])
     assert [s[k] for k in ("won", "turns", "crashed", "truncated", "timed_out")] == [1, 5, 1, 1, 1]
     assert s["invalid_action_rate"]["value"] == pytest.approx(1 / 5)
     assert s["mean_turns"]["value"] == pytest.approx(5 / 3)
     assert s["timeout_rate"]["value"] == pytest.approx(1 / 3)
+    assert s["reply_cut_rate"]["value"] == pytest.approx(1 / 5)
     assert s["mean_reward"]["value"] == pytest.approx(c.mean_return)
 
 

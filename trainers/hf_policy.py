@@ -30,7 +30,7 @@ re-exported here for the code that imports them from this module.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,14 @@ class HFPolicy:
         prompts = [self.prompt_ids(c) for c in contexts]
         responses, logprobs = self.generate(prompts)
         version = {} if self.version is None else {"policy_version": self.version}
-        return decode_outputs(self.tokenizer, prompts, responses, logprobs, **version)
+        return decode_outputs(
+            self.tokenizer,
+            prompts,
+            responses,
+            logprobs,
+            finishes=finish_reasons(responses, self.max_new_tokens, self.eos_ids),
+            **version,
+        )
 
     def _act_conversation(self, contexts: Sequence[TurnContext]) -> list[PolicyOutput]:
         """One turn of each episode's conversation: the new observation is appended to the kept
@@ -181,7 +188,14 @@ class HFPolicy:
         for conv, r in zip(convs, responses):
             conv.reply(r)
         version = {} if self.version is None else {"policy_version": self.version}
-        outs = decode_outputs(self.tokenizer, prompts, responses, logprobs, **version)
+        outs = decode_outputs(
+            self.tokenizer,
+            prompts,
+            responses,
+            logprobs,
+            finishes=finish_reasons(responses, self.max_new_tokens, self.eos_ids),
+            **version,
+        )
         for o, note in zip(outs, notes):
             o.extras.update(note)
         return outs
@@ -216,22 +230,40 @@ class HFPolicy:
         return out.tokens, out.logprobs
 
 
+def finish_reasons(
+    responses: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Iterable[int]
+) -> list[str]:
+    """Why each reply ended, as the OpenAI API says it: ``"length"`` when it used the whole
+    token budget without ending in an eos id (cut off, often mid-action), else ``"stop"``."""
+    eos = set(eos_ids)
+    return [
+        "length" if len(r) >= max_new_tokens and (not r or r[-1] not in eos) else "stop"
+        for r in responses
+    ]
+
+
 def decode_outputs(
     tokenizer: Any,
     prompts: Sequence[list[int]],
     responses: Sequence[list[int]],
     logprobs: Sequence[list[float]],
+    *,
+    finishes: Sequence[str] | None = None,
     **extras: Any,
 ) -> list[PolicyOutput]:
     """Policy outputs of generated replies: decoded text, the action (a Hermes tool call or the
     ``<action>`` tag, :func:`agentgym.tools.reply_action`), and the token ids and log-probs a
     trainer needs (plus ``extras`` in every output's ``extras``). A malformed tool call is an
-    invalid turn whose ``extras["tool_call_error"]`` says what was wrong."""
+    invalid turn whose ``extras["tool_call_error"]`` says what was wrong. ``finishes``: each
+    reply's :func:`finish_reasons` entry, kept as ``extras["finish_reason"]`` (episode
+    statistics count the replies cut by the token budget from it)."""
     outs = []
-    for p, r, lp in zip(prompts, responses, logprobs):
+    for i, (p, r, lp) in enumerate(zip(prompts, responses, logprobs)):
         text = tokenizer.decode(r, skip_special_tokens=True)
         action, ok, problem = reply_action(text)
-        more = {"tool_call_error": problem} if problem else {}
+        more: dict[str, Any] = {"tool_call_error": problem} if problem else {}
+        if finishes is not None:
+            more["finish_reason"] = finishes[i]
         outs.append(
             PolicyOutput(
                 action=action,

@@ -1,7 +1,7 @@
 """What a training run measures and writes: per-step metrics, evaluations, the curve.
 
 * :func:`train_metrics`: the ``train/*`` entries of one RL step (success, shaped return, turns,
-  invalid and well-formed reply rates, samples, reply tokens, the env's own per-episode metrics),
+  invalid, well-formed and cut-off reply rates, samples, reply tokens, the env's own per-episode metrics),
   over every rank's episodes under torchrun. Episode counts come from
   :class:`agentgym.rollout.EpisodeStats`, the one episode-statistics type that rollouts, the
   trainer's evaluation and ``agentgym rollout`` share.
@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = [
     "train_metrics",
     "evaluate",
     "eval_record",
+    "cut_warning",
     "success_summary",
     "write_report",
     "MetricsLogger",
@@ -55,6 +57,7 @@ def train_metrics(
         "train/turns": t["turns"] / eps,
         "train/invalid": t["invalid"] / turns,
         "train/format_ok": t["format_ok"] / turns,
+        "train/reply_cut": t["cut"] / turns,
         "train/samples": int(t["samples"]),
         "train/reply_tokens": t["reply_tokens"] / max(t["samples"], 1.0),
         "train/episodes": int(t["episodes"]),
@@ -64,15 +67,46 @@ def train_metrics(
 
 #: Names the trainer's own metrics use; an env metric with one of them gets an ``env_`` prefix.
 _OWN_METRICS = frozenset(
-    {"success", "return", "turns", "invalid", "format_ok", "samples", "reply_tokens", "episodes"}
+    {
+        "success",
+        "return",
+        "turns",
+        "invalid",
+        "format_ok",
+        "reply_cut",
+        "samples",
+        "reply_tokens",
+        "episodes",
+    }
 )
+
+
+#: The share of replies cut by the token budget above which a run warns (once).
+CUT_WARN_RATE = 0.05
+
+
+def cut_warning(record: dict[str, Any], max_new_tokens: int) -> str | None:
+    """The warning for a metrics record whose replies were often cut by ``max_new_tokens``
+    (``train/reply_cut`` or ``eval/reply_cut`` at or above :data:`CUT_WARN_RATE`), else None.
+    A cut reply usually loses its action's closing tag: an invalid turn the policy cannot avoid
+    however well it plays, so a run with many of them learns little on those states."""
+    for key in ("train/reply_cut", "eval/reply_cut"):
+        rate = record.get(key)
+        if rate is not None and rate >= CUT_WARN_RATE:
+            return (
+                f"{100 * rate:.0f}% of replies ({key}, step {record.get('step')}) used all "
+                f"max_new_tokens={max_new_tokens} tokens without ending: they are cut off, "
+                f"usually mid-action; raise --max-new-tokens"
+            )
+    return None
 
 
 def eval_record(ev: dict[str, Any]) -> dict[str, float]:
     """The ``eval/*`` entries of a metrics record from ``evaluate``'s result: the success rate
     with its 95% Wilson interval (``eval/success_lo``, ``eval/success_hi``), the invalid-action
-    rate per executed turn (``eval/invalid``) and mean turns per episode (``eval/turns``), as
-    ``train/invalid`` and ``train/turns`` are for the sampled episodes, and the env's metrics."""
+    rate per executed turn (``eval/invalid``), the share of replies cut by the token budget
+    (``eval/reply_cut``) and mean turns per episode (``eval/turns``), as ``train/*`` has them
+    for the sampled episodes, and the env's metrics."""
     from agentgym.evaluation.stats import rate
 
     n = int(ev.get("episodes") or 0)
@@ -80,7 +114,11 @@ def eval_record(ev: dict[str, Any]) -> dict[str, float]:
     band = {"eval/success_lo": est.low, "eval/success_hi": est.high} if n else {}
     own = {
         f"eval/{name}": ev[key]
-        for name, key in (("invalid", "invalid_action_rate"), ("turns", "mean_turns"))
+        for name, key in (
+            ("invalid", "invalid_action_rate"),
+            ("reply_cut", "reply_cut_rate"),
+            ("turns", "mean_turns"),
+        )
         if key in ev
     }
     return {
@@ -182,10 +220,20 @@ def success_summary(state: dict[str, Any], final: dict[str, Any]) -> dict[str, A
 
 
 class MetricsLogger:
-    """metrics.jsonl + TensorBoard + (optional) stdout."""
+    """metrics.jsonl + TensorBoard; with ``max_new_tokens``, a warning on stderr (once per run)
+    when a record shows many replies cut by that budget (:func:`cut_warning`)."""
 
-    def __init__(self, out: Path, tensorboard: bool, keep_upto: int | None) -> None:
+    def __init__(
+        self,
+        out: Path,
+        tensorboard: bool,
+        keep_upto: int | None,
+        *,
+        max_new_tokens: int | None = None,
+    ) -> None:
         self.path = out / "metrics.jsonl"
+        self.max_new_tokens = max_new_tokens
+        self.warned_cut = False
         if keep_upto is not None and self.path.exists():
             # A resumed run drops lines written after its checkpoint: they will be redone.
             lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
@@ -209,6 +257,11 @@ class MetricsLogger:
     def log(self, record: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        if self.max_new_tokens is not None and not self.warned_cut:
+            msg = cut_warning(record, self.max_new_tokens)
+            if msg is not None:
+                self.warned_cut = True
+                print(f"warning: {msg}", file=sys.stderr, flush=True)
         if self.tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):

@@ -263,7 +263,7 @@ def _open_run(cfg: TrainConfig) -> _Run:
     logger: Any = NullLogger()  # only rank 0 writes metrics
     if ctx.is_main:
         atomic_write_json(out / "config.json", cfg.to_dict())
-        logger = MetricsLogger(out, cfg.tensorboard, done)
+        logger = MetricsLogger(out, cfg.tensorboard, done, max_new_tokens=cfg.max_new_tokens)
         if done is not None:  # the resumed steps play their episodes again: keep them once
             truncate_trajectories(out / "trajectories.jsonl", done)
     ctx.barrier()

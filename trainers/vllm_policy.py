@@ -299,16 +299,18 @@ class VLLMPolicy:
         return ids, lps
 
     def act(self, contexts: Sequence[TurnContext]) -> list[PolicyOutput]:
-        from agentgym.trainers.hf_policy import decode_outputs
+        from agentgym.trainers.hf_policy import decode_outputs, finish_reasons
 
         prompts = [self.prompt_ids(c) for c in contexts]
         responses, logprobs = self.generate(prompts)
         version = {} if self.version is None else {"policy_version": self.version}
+        eos = () if self.eos_id is None else (self.eos_id,)
         return decode_outputs(
             self.tokenizer,
             prompts,
             responses,
             logprobs,
+            finishes=finish_reasons(responses, self.max_new_tokens, eos),
             weight_version=self.weight_version,
             **version,
         )

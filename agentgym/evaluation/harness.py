@@ -182,6 +182,7 @@ def _metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "mean_turns": stats.mean(turns, lower=0.0).to_dict(),
         "invalid_action_rate": stats.rate(c.invalid, c.turns).to_dict(),
         "timeout_rate": stats.rate(c.timed_out, c.episodes).to_dict(),
+        "reply_cut_rate": stats.rate(c.cut, c.turns).to_dict(),
         **({"env_metrics": env_metrics} if env_metrics else {}),
         "won": c.won,
         "timed_out": c.timed_out,
@@ -280,6 +281,8 @@ def summary_markdown(s: Mapping[str, Any]) -> str:
     row("mean turns", s["mean_turns"], False)
     row("invalid-action rate (per turn)", s["invalid_action_rate"], True)
     row("timeout rate", s["timeout_rate"], True)
+    if s.get("reply_cut_rate"):  # summaries written before it have none
+        row("replies cut by the token budget (per turn)", s["reply_cut_rate"], True)
     for k, v in s.items():
         if k.startswith("pass@"):
             row(f"{k} (per group)", v, True)

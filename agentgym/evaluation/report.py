@@ -182,6 +182,8 @@ def _summary_html(s: Mapping[str, Any]) -> str:
         ("Invalid-action rate (per turn)", s.get("invalid_action_rate"), True),
         ("Timeout rate", s.get("timeout_rate"), True),
     ]
+    if s.get("reply_cut_rate"):  # summaries written before it have none
+        rows.append(("Replies cut by the token budget (per turn)", s["reply_cut_rate"], True))
     rows += [(f"{k} (per group)", v, True) for k, v in s.items() if k.startswith("pass@")]
     rows += [(f"{k} (env metric)", v, False) for k, v in (s.get("env_metrics") or {}).items()]
     out = [

@@ -293,6 +293,49 @@ def test_linear_lr_schedule_anneals_the_rate_the_optimizer_uses(tmp_path, tiny_m
         TrainConfig(lr_schedule="cosine")
 
 
+@needs_torch
+def test_replies_cut_by_the_token_budget_are_counted_and_warned_once(tmp_path, tiny_model, capsys):
+    """A reply that uses all of max_new_tokens without an eos is cut off: the turn records
+    finish_reason "length", the step and the evaluation report the share (train/reply_cut,
+    eval/reply_cut) and the run says once on stderr which setting to raise."""
+    out = tmp_path / "cut"
+    train(_small(out, tiny_model, steps=2, max_new_tokens=1, kl_coef=0.0, eval_every=1))
+    recs = _records(out)
+    steps = [r for r in recs if "train/reply_cut" in r]
+    assert len(steps) == 2
+    # one token cannot hold "<action>...</action>" and an eos: every reply is cut
+    assert all(r["train/reply_cut"] == 1.0 for r in steps)
+    evals = [r["eval/reply_cut"] for r in recs if "eval/reply_cut" in r]
+    assert len(evals) >= 3 and set(evals) == {1.0}  # the SFT start, step 1 and the final one
+    turns = [
+        t
+        for ln in (out / "trajectories.jsonl").read_text().splitlines()
+        for t in json.loads(ln)["turns"]
+    ]
+    assert turns and {t["info"]["policy"]["finish_reason"] for t in turns} == {"length"}
+    err = capsys.readouterr().err
+    assert err.count("raise --max-new-tokens") == 1, err
+    assert "max_new_tokens=1 tokens" in err
+
+
+def test_finish_reasons_tell_cut_replies_from_ended_ones():
+    from agentgym.rollout import EpisodeStats
+    from agentgym.trainers.hf_policy import finish_reasons
+    from agentgym.trajectory import Trajectory, Turn
+
+    eos = {2}
+    got = finish_reasons([[5, 6, 2], [5, 6, 7], [5, 2], [], [7]], 3, eos)
+    # ended by eos (even at the budget), cut at the budget, ended early, empty (budget 3 unused)
+    assert got == ["stop", "length", "stop", "stop", "stop"]
+    assert finish_reasons([[]], 0, eos) == ["length"]
+    turns = [
+        Turn(observation="o", action="a", info={"policy": {"finish_reason": f}}) for f in got
+    ]
+    s = EpisodeStats.of([Trajectory(id="x", group="g", env="e", turns=turns)])
+    assert s.cut == 1 and s.counts()["cut"] == 1
+    assert s.to_dict()["reply_cut_rate"] == pytest.approx(1 / 5)
+
+
 def test_resume_without_checkpoint_says_what_to_do(tmp_path, tiny_model):
     with pytest.raises(FileNotFoundError, match="start without --resume"):
         train(_small(tmp_path / "none", tiny_model, resume=True))
