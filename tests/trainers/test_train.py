@@ -328,9 +328,7 @@ def test_finish_reasons_tell_cut_replies_from_ended_ones():
     # ended by eos (even at the budget), cut at the budget, ended early, empty (budget 3 unused)
     assert got == ["stop", "length", "stop", "stop", "stop"]
     assert finish_reasons([[]], 0, eos) == ["length"]
-    turns = [
-        Turn(observation="o", action="a", info={"policy": {"finish_reason": f}}) for f in got
-    ]
+    turns = [Turn(observation="o", action="a", info={"policy": {"finish_reason": f}}) for f in got]
     s = EpisodeStats.of([Trajectory(id="x", group="g", env="e", turns=turns)])
     assert s.cut == 1 and s.counts()["cut"] == 1
     assert s.to_dict()["reply_cut_rate"] == pytest.approx(1 / 5)
