@@ -36,6 +36,9 @@ def test_bench_train_json_reports_sane_fractions(capsys):
         assert c["fraction"] == pytest.approx(
             c["executed_gflop_per_s"] / c["peak_gflop_per_s"], rel=2e-2
         )
+        # attention's products are part of the count, and reported on their own
+        assert 0 < c["attention_gflop"] < c["executed_gflop"]
+        assert 0 < c["fraction_without_attention"] < c["fraction"]
     full, lora = cases["full"], cases["lora"]
     assert full["trainable_params"] == full["params"]
     assert 0 < lora["trainable_params"] < lora["params"] / 2
@@ -55,3 +58,21 @@ def test_bench_train_errors():
         bench_train(["huge"])
     with pytest.raises(ValueError, match="unknown shapes or modes"):
         bench_train(["tiny"], ["qlora"])
+
+
+def test_cpu_attention_products_are_counted_as_torch_counts_gpu_kernels():
+    """SDPA on a CPU runs a kernel torch's FLOP counter has no formula for; the benchmark's
+    formulas count it: forward 4 b h s^2 d (scores, scores @ V), backward 10 b h s^2 d (the
+    recomputed scores and four gradient products), with a padding mask as the trainer passes."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from agentgym.benchmarks.train import _cpu_attention_formulas
+
+    b, h, s, d = 2, 4, 16, 8
+    q, k, v = (torch.randn(b, h, s, d, requires_grad=True) for _ in range(3))
+    mask = torch.ones(s, s, dtype=torch.bool).tril()
+    with FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas()) as counter:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out.sum().backward()
+    assert counter.get_total_flops() == 14 * b * h * s * s * d
