@@ -4,7 +4,10 @@ matmul peak, both measured in the same run.
 For each model shape and each way of training it (``full``: every weight; ``lora``: the
 trainer's LoRA adapters, :func:`agentgym.models.LORA_DEFAULTS` at ``--lora-r``, with the fused
 layers of :func:`agentgym.lora.fuse_lora`; ``lora_peft``: the same adapters with peft's own
-forward, the same-run baseline of the fused layers) the benchmark
+forward, the same-run baseline of the fused layers; ``full_compiled`` and ``lora_compiled``: those
+with the decoder layers compiled, :class:`agentgym.compiled.CompiledLayers`, as ``agentgym train
+--compile`` runs its updates, compared with the eager mode of the same run in
+``compile_speedup``; the compile is the untimed warm-up, ``warmup_seconds``) the benchmark
 
 1. times :func:`agentgym.trainers.losses.ppo_update` as the trainer calls it on synthetic
    stepwise-agent samples (:func:`agentgym.benchmarks.update.make_samples`: real left-padded
@@ -39,6 +42,7 @@ embeddings, random init, no download) with ``--smollm-layers`` layers (30 is the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import random
 import statistics
@@ -49,7 +53,7 @@ from typing import Any
 __all__ = ["SHAPES", "MODES", "bench_train", "build", "matmul_peak", "add_cli"]
 
 SHAPES = ("tiny", "smollm2")
-MODES = ("full", "lora", "lora_peft")
+MODES = ("full", "lora", "lora_peft", "full_compiled", "lora_compiled")
 DEFAULT_MODES = ("full", "lora")
 
 
@@ -80,7 +84,7 @@ def build(shape: str, mode: str, *, layers: int, lora_r: int, seed: int = 0) -> 
         cfg._attn_implementation = "sdpa"
         torch.manual_seed(seed)
         model = transformers.LlamaForCausalLM(cfg).float()
-    if mode in ("lora", "lora_peft"):
+    if mode in ("lora", "lora_peft", "lora_compiled"):
         from peft import LoraConfig, get_peft_model
 
         from agentgym.lora import fuse_lora
@@ -88,7 +92,7 @@ def build(shape: str, mode: str, *, layers: int, lora_r: int, seed: int = 0) -> 
 
         lora = {**LORA_DEFAULTS, "r": lora_r, "lora_alpha": 2 * lora_r}  # as agentgym train
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
-        if mode == "lora":
+        if mode != "lora_peft":
             fuse_lora(model)
     return model
 
@@ -138,15 +142,21 @@ def matmul_peak(hidden: int, intermediate: int, vocab: int, tokens: int) -> dict
     return out
 
 
-def _update(model: Any, samples: Sequence[Any], cfg: Any, seed: int) -> float:
-    """Seconds of one ``ppo_update`` of a fresh copy of ``model`` (copy and optimizer untimed)."""
+def _update(
+    model: Any, samples: Sequence[Any], cfg: Any, seed: int, *, compiled: bool = False
+) -> float:
+    """Seconds of one ``ppo_update`` of a fresh copy of ``model`` (copy and optimizer untimed);
+    ``compiled``: with the copy's decoder layers compiled, as ``agentgym train --compile``."""
+    from agentgym.compiled import CompiledLayers
     from agentgym.trainers.losses import make_optimizer, ppo_update
 
     m = copy.deepcopy(model)
     opt = make_optimizer(m, lr=1e-4)
-    t0 = time.perf_counter()
-    ppo_update(m, opt, samples, cfg, pad_id=0, rng=random.Random(seed))
-    return time.perf_counter() - t0
+    ctx = CompiledLayers(m).active() if compiled else contextlib.nullcontext()
+    with ctx:
+        t0 = time.perf_counter()
+        ppo_update(m, opt, samples, cfg, pad_id=0, rng=random.Random(seed))
+        return time.perf_counter() - t0
 
 
 def _cpu_attention_formulas() -> dict[Any, Callable[..., int]]:
@@ -208,7 +218,7 @@ def bench_case(
     from agentgym.trainers.losses import PPOConfig, micro_batches
 
     model = build(shape, mode, layers=layers, lora_r=lora_r, seed=seed)
-    base = model if mode == "full" else model.get_base_model()
+    base = model if mode.startswith("full") else model.get_base_model()
     c = base.config
     data = make_samples(
         base,
@@ -231,10 +241,15 @@ def bench_case(
     width = max(len(s.prompt_ids) + len(s.response_ids) for s in ordered[lo:hi])
     gemm_rows = width * (hi - lo)
     peak = matmul_peak(c.hidden_size, c.intermediate_size, c.vocab_size, gemm_rows)
-    _update(model, data[: max(2, micro_batch_size)], cfg, seed)  # first-call costs, untimed
-    counted = _executed_flops(model, data, cfg, seed)
+    compiled = mode.endswith("_compiled")
+    # first-call costs, untimed; compiling takes the whole update (each new shape may compile)
+    warm = data if compiled else data[: max(2, micro_batch_size)]
+    t0 = time.perf_counter()
+    _update(model, warm, cfg, seed, compiled=compiled)
+    warm_s = time.perf_counter() - t0
+    counted = _executed_flops(model, data, cfg, seed)  # eager: the same products
     flops, attn = counted["total"], counted["attention"]
-    secs = [_update(model, data, cfg, seed) for _ in range(repeats)]
+    secs = [_update(model, data, cfg, seed, compiled=compiled) for _ in range(repeats)]
     after = matmul_peak(c.hidden_size, c.intermediate_size, c.vocab_size, gemm_rows)
     peak = {k: max(v, after[k]) for k, v in peak.items()}
     sec = statistics.median(secs)
@@ -251,6 +266,7 @@ def bench_case(
         "tokens": tokens,
         "seconds": round(sec, 4),
         "seconds_all": [round(s, 4) for s in secs],
+        "warmup_seconds": round(warm_s, 2),  # with _compiled: the compile
         "tokens_per_s": round(tokens / sec, 1),
         "executed_gflop": round(flops / 1e9, 3),
         "executed_gflop_per_s": round(flops / sec / 1e9, 2),
@@ -331,6 +347,15 @@ def bench_train(
     }
     if speedup:
         report["lora_fused_speedup"] = speedup
+    # compiled layers against the same mode eager, per shape and mode, when both ran
+    compiled = {
+        f"{shape}/{mode}": round(secs[(shape, mode)] / secs[(shape, f"{mode}_compiled")], 3)
+        for shape in shapes
+        for mode in ("full", "lora")
+        if (shape, mode) in secs and (shape, f"{mode}_compiled") in secs
+    }
+    if compiled:
+        report["compile_speedup"] = compiled
     return report
 
 
@@ -377,7 +402,8 @@ def add_cli(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument(
         "--modes",
         default=",".join(DEFAULT_MODES),
-        help=f"comma-separated, from {MODES} (lora_peft: peft's unfused layers, a baseline for lora)",
+        help=f"comma-separated, from {MODES} (lora_peft: peft's unfused layers, a baseline for "
+        "lora; *_compiled: the decoder layers compiled, as agentgym train --compile)",
     )
     add_update_flags(p, samples=64, minibatch_size=16)
     p.add_argument("--lora-r", type=int, default=8, help="LoRA rank of the lora mode")

@@ -219,6 +219,12 @@ class TrainConfig:
         "extra forward pass each time (0: never; always on when tis_cap or tis_mask is set)",
     )
     bf16: bool = _f(True, "bf16 autocast (GPU only; ignored on CPU)")
+    compile: bool = _f(
+        False,
+        "torch.compile the decoder layers for the update's passes (decoding stays eager): "
+        "fuses their element-wise work after a one-off compile; one process only; on a CPU it "
+        "needs a C++ compiler (g++)",
+    )
     dist: str = _f(
         "ddp",
         "under torchrun: ddp (a full replica per rank) | fsdp (FSDP2: weights, gradients and "

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 __all__ = ["Learner", "Learned", "apply_penalty", "learnable_turns", "samples_of"]
@@ -50,6 +51,9 @@ class Learner:
     pad_id: int
     ref_model: Any = None
     shuffle_rng: random.Random = dataclasses.field(default_factory=lambda: random.Random(0))
+    #: :class:`agentgym.compiled.CompiledLayers` of ``model`` (``--compile``), active for the
+    #: update's passes only
+    compiled: Any = None
 
     def learn(self, step: int, mine: Sequence[Any]) -> Learned:
         """Credit and update on this rank's episodes ``mine`` (sorted by id) of RL ``step``."""
@@ -94,24 +98,26 @@ class Learner:
         # correction (if on) uses them every step; without it the mismatch with the engine's is
         # measured every `mismatch_every` steps (one extra forward pass each time).
         mismatch: dict[str, float] = {}
-        if cfg.tis_on or (cfg.mismatch_every and (step - 1) % cfg.mismatch_every == 0):
-            samples = score_rollout(self.model, samples, loss_cfg, pad_id=self.pad_id, dist=ctx)
-            mismatch = mismatch_stats(samples, loss_cfg, dist=ctx)
-        terms = default_terms(loss_cfg, ref_model=self.ref_model)
-        for piece in self.pieces:
-            more, metrics = piece.loss_terms(step, cfg.steps)
-            terms += more
-            extra.update(metrics)
-        stats = ppo_update(
-            self.model,
-            self.optimizer,
-            samples,
-            loss_cfg,
-            pad_id=self.pad_id,
-            rng=self.shuffle_rng,
-            dist=ctx,  # losses normalised over all ranks' tokens
-            terms=terms,
-        )
+        compiled = self.compiled.active() if self.compiled is not None else nullcontext()
+        with compiled:
+            if cfg.tis_on or (cfg.mismatch_every and (step - 1) % cfg.mismatch_every == 0):
+                samples = score_rollout(self.model, samples, loss_cfg, pad_id=self.pad_id, dist=ctx)
+                mismatch = mismatch_stats(samples, loss_cfg, dist=ctx)
+            terms = default_terms(loss_cfg, ref_model=self.ref_model)
+            for piece in self.pieces:
+                more, metrics = piece.loss_terms(step, cfg.steps)
+                terms += more
+                extra.update(metrics)
+            stats = ppo_update(
+                self.model,
+                self.optimizer,
+                samples,
+                loss_cfg,
+                pad_id=self.pad_id,
+                rng=self.shuffle_rng,
+                dist=ctx,  # losses normalised over all ranks' tokens
+                terms=terms,
+            )
         stats.update(mismatch)
         for piece in self.pieces:
             extra.update(piece.update(batch, shaped))

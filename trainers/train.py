@@ -246,6 +246,8 @@ def _open_run(cfg: TrainConfig) -> _Run:
             raise FileNotFoundError(
                 f"--resume: {found} in {out / 'checkpoints'}; start without --resume"
             )
+    if ctx.enabled and cfg.compile:
+        raise ValueError("compile: runs in one process only; drop --compile under torchrun")
     if ctx.enabled and (cfg.async_staleness or cfg.rollout_engine != "hf"):
         raise ValueError(
             f"async_staleness={cfg.async_staleness}, rollout_engine={cfg.rollout_engine!r}: "
@@ -467,6 +469,10 @@ def _learner(run: _Run, train_model: Any, policy: Any, state: dict[str, Any]) ->
         ref_model,
         random.Random(cfg.seed),
     )
+    if cfg.compile:
+        from agentgym.compiled import CompiledLayers
+
+        learner.compiled = CompiledLayers(train_model)
     if run.checkpoint is not None:
         ctx.load_optimizer_state_dict(train_model, learner.optimizer, state["optimizer"])
         rngs = state.get("rng_by_rank") or []  # torchrun checkpoints keep every rank's RNG
