@@ -451,12 +451,17 @@ def _learner(run: _Run, train_model: Any, policy: Any, state: dict[str, Any]) ->
     cfg, ctx = run.cfg, run.ctx
     if ctx.rank:  # each rank samples its own random stream
         policy.generator.manual_seed(cfg.seed + 1_000_003 * ctx.rank)
-    # The reference and the scorers start from the SFT model (with LoRA: the base model).
+    # The scorers start from the SFT model (with LoRA: the base model); the KL reference is the
+    # SFT policy either way (with LoRA: the base with the SFT adapters merged in).
     sft_dir = run.out / "sft_model"
     start_from = sft_dir if sft_dir.exists() and not run.lora else state["base_model"]
     ref_model = None
     if "kl" in cfg.loss_terms():
         ref_model, _ = load_model(start_from, device=cfg.device, dtype=cfg.dtype)
+        if (sft_dir / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            ref_model = PeftModel.from_pretrained(ref_model, sft_dir).merge_and_unload()
         ref_model.eval().requires_grad_(False)
     pad_id = policy.tokenizer.pad_token_id
     learner = Learner(

@@ -334,6 +334,20 @@ def test_finish_reasons_tell_cut_replies_from_ended_ones():
     assert s.to_dict()["reply_cut_rate"] == pytest.approx(1 / 5)
 
 
+@needs_torch
+def test_lora_kl_reference_is_the_sft_policy(tmp_path, tiny_model):
+    """With LoRA the SFT stage trains the adapters, and the KL term compares with the SFT
+    policy (base + SFT adapters merged), not the bare base model: the first RL update starts at
+    the reference, so its KL (measured before its one optimizer step) is zero."""
+    out = tmp_path / "lora_kl"
+    train(_small(out, tiny_model, steps=1, lora_r=4, kl_coef=0.1, minibatch_size=256, sft_epochs=8))
+    assert (out / "sft_model" / "adapter_config.json").exists()
+    rec = next(r for r in _records(out) if r.get("step") == 1 and "loss/kl" in r)
+    assert rec["loss/optimizer_steps"] == 1
+    assert abs(rec["loss/kl"]) < 1e-7, rec["loss/kl"]
+    assert rec["loss/entropy"] > 0  # a live policy, not an empty batch
+
+
 def test_resume_without_checkpoint_says_what_to_do(tmp_path, tiny_model):
     with pytest.raises(FileNotFoundError, match="start without --resume"):
         train(_small(tmp_path / "none", tiny_model, resume=True))
