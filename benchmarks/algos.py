@@ -107,9 +107,11 @@ def _curve(records: Sequence[dict[str, Any]], key: str = "eval/success") -> dict
 
 
 def _env_metric_keys(records: Sequence[dict[str, Any]]) -> list[str]:
-    """The env's own metrics a run logged (``eval/<name>`` other than the trainer's own: success,
-    its interval bounds, the invalid-action rate and mean turns)."""
-    own = {"eval/success", "eval/success_lo", "eval/success_hi", "eval/invalid", "eval/turns"}
+    """The env's own metrics a run logged (``eval/<name>`` other than the trainer's own:
+    :data:`~agentgym.trainers.metrics.OWN_METRICS` and success's interval bounds)."""
+    from agentgym.trainers.metrics import OWN_METRICS
+
+    own = {"eval/success_lo", "eval/success_hi", *(f"eval/{k}" for k in OWN_METRICS)}
     return sorted({k[5:] for r in records for k in r if k.startswith("eval/") and k not in own})
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "evaluate",
     "eval_record",
     "cut_warning",
+    "OWN_METRICS",
     "success_summary",
     "write_report",
     "MetricsLogger",
@@ -66,7 +67,7 @@ def train_metrics(
 
 
 #: Names the trainer's own metrics use; an env metric with one of them gets an ``env_`` prefix.
-_OWN_METRICS = frozenset(
+OWN_METRICS = frozenset(
     {
         "success",
         "return",
@@ -130,7 +131,7 @@ def eval_record(ev: dict[str, Any]) -> dict[str, float]:
 
 
 def _metric_name(key: str) -> str:
-    return f"env_{key}" if key in _OWN_METRICS else key
+    return f"env_{key}" if key in OWN_METRICS else key
 
 
 def evaluate(
