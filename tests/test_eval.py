@@ -138,6 +138,7 @@ def test_summary_counts_are_episode_stats() -> None:
     assert s["mean_turns"]["value"] == pytest.approx(5 / 3)
     assert s["timeout_rate"]["value"] == pytest.approx(1 / 3)
     assert s["reply_cut_rate"]["value"] == pytest.approx(1 / 5)
+    assert "| replies cut by the token budget (per turn) | 20.0% |" in summary_markdown(s)
     assert s["mean_reward"]["value"] == pytest.approx(c.mean_return)
 
 
