@@ -158,7 +158,7 @@ class HFPolicy:
             prompts,
             responses,
             logprobs,
-            finishes=finish_reasons(responses, self.max_new_tokens, self.eos_ids),
+            budget=(self.max_new_tokens, self.eos_ids),
             **version,
         )
 
@@ -193,7 +193,7 @@ class HFPolicy:
             prompts,
             responses,
             logprobs,
-            finishes=finish_reasons(responses, self.max_new_tokens, self.eos_ids),
+            budget=(self.max_new_tokens, self.eos_ids),
             **version,
         )
         for o, note in zip(outs, notes):
@@ -248,15 +248,17 @@ def decode_outputs(
     responses: Sequence[list[int]],
     logprobs: Sequence[list[float]],
     *,
-    finishes: Sequence[str] | None = None,
+    budget: tuple[int, Iterable[int]] | None = None,
     **extras: Any,
 ) -> list[PolicyOutput]:
     """Policy outputs of generated replies: decoded text, the action (a Hermes tool call or the
     ``<action>`` tag, :func:`agentgym.tools.reply_action`), and the token ids and log-probs a
     trainer needs (plus ``extras`` in every output's ``extras``). A malformed tool call is an
-    invalid turn whose ``extras["tool_call_error"]`` says what was wrong. ``finishes``: each
-    reply's :func:`finish_reasons` entry, kept as ``extras["finish_reason"]`` (episode
-    statistics count the replies cut by the token budget from it)."""
+    invalid turn whose ``extras["tool_call_error"]`` says what was wrong. ``budget``: the
+    decoder's ``(max_new_tokens, eos ids)``; with it each reply's :func:`finish_reasons` entry
+    is kept as ``extras["finish_reason"]`` (episode statistics count the replies cut by the
+    token budget from it)."""
+    finishes = None if budget is None else finish_reasons(responses, *budget)
     outs = []
     for i, (p, r, lp) in enumerate(zip(prompts, responses, logprobs)):
         text = tokenizer.decode(r, skip_special_tokens=True)

@@ -299,7 +299,7 @@ class VLLMPolicy:
         return ids, lps
 
     def act(self, contexts: Sequence[TurnContext]) -> list[PolicyOutput]:
-        from agentgym.trainers.hf_policy import decode_outputs, finish_reasons
+        from agentgym.trainers.hf_policy import decode_outputs
 
         prompts = [self.prompt_ids(c) for c in contexts]
         responses, logprobs = self.generate(prompts)
@@ -310,7 +310,7 @@ class VLLMPolicy:
             prompts,
             responses,
             logprobs,
-            finishes=finish_reasons(responses, self.max_new_tokens, eos),
+            budget=(self.max_new_tokens, eos),
             weight_version=self.weight_version,
             **version,
         )
