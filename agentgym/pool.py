@@ -14,6 +14,9 @@ Design:
 * **Asynchronous mode**: ``send`` / ``recv`` run the same batches without waiting for the whole
   pool; each worker's envs proceed at their own pace (resets included), which is what makes a
   pool of slow, uneven envs (TextWorld resets take ~100x a step) scale with the workers.
+  With ``queue_depth=2`` a worker may hold a second batch while it runs one, so it starts that
+  batch the moment it answers instead of idling through the round trip to the caller (send
+  each worker's envs as two halves, and a half's next actions while the other half runs).
 * **Crash replacement**: a worker that dies (or an env that raises) is replaced; the episodes it
   was running come back as a :class:`~agentgym.core.StepResult` with ``truncated=True`` and
   ``info["crashed"] = True``, and the run goes on. Those envs must be reset before their next step.
@@ -31,11 +34,14 @@ import contextlib
 import ctypes
 import multiprocessing as mp
 import os
+import queue
 import signal
 import sys
+import threading
 import time
 import traceback
 import weakref
+from collections import deque
 from collections.abc import Iterable, Mapping
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
@@ -53,7 +59,24 @@ def _set_pdeathsig() -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _worker_main(conn: Connection, env_spec: EnvSpec, n: int, env_kwargs: dict[str, Any]) -> None:
+def _read_batches(conn: Connection, inbox: queue.SimpleQueue[Any]) -> None:
+    """A queueing worker's reader thread: it takes batches off the pipe as they come, so the
+    caller's ``send`` of a queued batch never waits for the worker to finish its current one
+    (with both ends writing into full pipe buffers, a large batch and a large answer would
+    otherwise block each other for ever). ``None`` ends the worker."""
+    while True:
+        try:
+            batch = conn.recv()
+        except (EOFError, OSError):
+            batch = None  # the parent is gone
+        inbox.put(batch)
+        if batch is None:
+            return
+
+
+def _worker_main(
+    conn: Connection, env_spec: EnvSpec, n: int, env_kwargs: dict[str, Any], queued: bool = False
+) -> None:
     _set_pdeathsig()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     try:
@@ -62,10 +85,16 @@ def _worker_main(conn: Connection, env_spec: EnvSpec, n: int, env_kwargs: dict[s
         conn.send(("init_error", traceback.format_exc()))
         return
     conn.send(("ready", os.getpid()))
+    if queued:
+        inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        threading.Thread(target=_read_batches, args=(conn, inbox), daemon=True).start()
+        receive = inbox.get
+    else:
+        receive = conn.recv
     try:
         while True:
             try:
-                batch = conn.recv()
+                batch = receive()
             except (EOFError, OSError):
                 break  # the parent is gone
             if batch is None:
@@ -87,10 +116,17 @@ class WorkerHandle(Protocol):
 
 
 class _ProcessWorker:
-    def __init__(self, ctx: Any, env_spec: EnvSpec, n: int, env_kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        ctx: Any,
+        env_spec: EnvSpec,
+        n: int,
+        env_kwargs: dict[str, Any],
+        queued: bool = False,
+    ) -> None:
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(
-            target=_worker_main, args=(child, env_spec, n, env_kwargs), daemon=True
+            target=_worker_main, args=(child, env_spec, n, env_kwargs, queued), daemon=True
         )
         self.proc.start()
         child.close()
@@ -138,19 +174,17 @@ class _SyncWorker:
 
     def __init__(self, env_spec: EnvSpec, n: int, env_kwargs: dict[str, Any]) -> None:
         self.host = EnvHost(env_spec, n, env_kwargs)
-        self._answer: Answer | None = None
+        self._answers: deque[Answer] = deque()
         self.pid = os.getpid()
 
     def send(self, batch: Batch) -> None:
-        self._answer = self.host.run(batch)
+        self._answers.append(self.host.run(batch))
 
     def ready(self) -> bool:
-        return self._answer is not None
+        return bool(self._answers)
 
     def result(self) -> Answer:
-        a, self._answer = self._answer, None
-        assert a is not None
-        return a
+        return self._answers.popleft()
 
     def alive(self) -> bool:
         return True
@@ -186,6 +220,10 @@ class EnvPool:
         step_timeout: seconds a worker may take for one batch before it is killed and replaced
             (its episodes are marked crashed). ``None``: wait forever.
         start_method: multiprocessing start method (``"spawn"`` is safe with threads and torch).
+        queue_depth: batches a worker may hold at once in asynchronous use (:meth:`send`): 1
+            (default) runs one at a time; 2 lets a worker take its next batch the moment it
+            answers, hiding the round trip to the caller. ``"process"`` and ``"sync"`` backends.
+            A queued batch's ``step_timeout`` starts when the batch before it has answered.
     """
 
     def __init__(
@@ -199,6 +237,7 @@ class EnvPool:
         step_timeout: float | None = None,
         start_method: str = "spawn",
         ray_options: Mapping[str, Any] | None = None,
+        queue_depth: int = 1,
     ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -207,6 +246,14 @@ class EnvPool:
         if backend == "auto":
             backend = "sync" if self.spec.fast else "process"
         self.backend = backend
+        if queue_depth < 1:
+            raise ValueError(f"queue_depth must be >= 1, got {queue_depth}")
+        if queue_depth > 1 and backend == "ray":
+            raise ValueError(
+                f"queue_depth={queue_depth} needs backend 'process' or 'sync': Ray workers run "
+                "one batch at a time (use queue_depth=1)"
+            )
+        self.queue_depth = queue_depth
         self.env_kwargs = dict(env_kwargs or {})
         self.step_timeout = step_timeout
         n_workers = min(num_envs, num_workers or os.cpu_count() or 1)
@@ -223,8 +270,10 @@ class EnvPool:
         self._closed = False
         self.crashes = 0
         self._workers: list[Any] = []
-        # worker -> (env indices of its batch in order, deadline, command) while it computes
-        self._pending: dict[int, tuple[list[int], float | None, str]] = {}
+        # worker -> its batches in the order sent: (env indices in order, command); the first
+        # is running, the rest are queued (queue_depth > 1)
+        self._pending: dict[int, deque[tuple[list[int], str]]] = {}
+        self._deadline: dict[int, float | None] = {}  # of each worker's running batch
         self._kinds: dict[int, str] = {}  # env -> "step" | "reset" sent through send()
         self._undelivered: dict[int, tuple[bool, Any]] = {}  # send() failures for recv()
         try:
@@ -238,7 +287,9 @@ class EnvPool:
     # -- backends ---------------------------------------------------------------------------
     def _start_worker(self, n: int) -> Any:
         if self.backend == "process":
-            return _ProcessWorker(self._ctx, self.spec, n, self.env_kwargs)
+            return _ProcessWorker(
+                self._ctx, self.spec, n, self.env_kwargs, queued=self.queue_depth > 1
+            )
         if self.backend == "sync":
             return _SyncWorker(self.spec, n, self.env_kwargs)
         if self.backend == "ray":
@@ -254,13 +305,17 @@ class EnvPool:
         return [getattr(w, "pid", -1) for w in self._workers]
 
     # -- the batched command engine ---------------------------------------------------------
-    # Each worker takes at most one batch at a time. ``_submit`` sends batches without waiting;
-    # ``_collect`` gathers the answers of finished workers (replacing dead or hung ones). The
-    # blocking calls (``step_many`` ...) are submit + collect-all; ``send`` / ``recv`` expose the
-    # same engine asynchronously, so fast workers need not wait for slow ones.
-    def _submit(self, cmd: str, items: Mapping[int, Any]) -> dict[int, tuple[bool, Any]]:
-        """Send ``items`` (``{env_index: argument}``) to their workers; returns the results of
-        batches that could not be sent (their worker was dead and has been replaced)."""
+    # Each worker holds at most ``queue_depth`` batches: one running, the rest queued behind it
+    # (answers come back in the order sent). ``_submit`` sends batches without waiting;
+    # ``_collect`` gathers the answers of finished batches (replacing dead or hung workers). The
+    # blocking calls (``step_many`` ...) are submit + collect-all on idle workers; ``send`` /
+    # ``recv`` expose the same engine asynchronously, so fast workers need not wait for slow ones.
+    def _submit(
+        self, cmd: str, items: Mapping[int, Any], *, depth: int = 1
+    ) -> dict[int, tuple[bool, Any]]:
+        """Send ``items`` (``{env_index: argument}``) to their workers, each of which may then
+        hold at most ``depth`` batches; returns the results of batches that could not be sent
+        (their worker was dead and has been replaced)."""
         if self._closed:
             raise RuntimeError("EnvPool is closed")
         per_worker: dict[int, list[tuple[int, Any]]] = {}
@@ -271,22 +326,37 @@ class EnvPool:
             w, j = self._where[i]
             per_worker.setdefault(w, []).append((j, arg))
             order.setdefault(w, []).append(i)
-        busy = sorted(i for w in per_worker if w in self._pending for i in order[w])
-        if busy:
+        running = {i for w in per_worker for envs, _ in self._pending.get(w, ()) for i in envs}
+        again = sorted(i for envs in order.values() for i in envs if i in running)
+        if again:
             raise RuntimeError(
-                f"envs {busy} share a worker with a command still running: recv() its result "
-                "before sending more to that worker"
+                f"envs {again} have a command still running: recv() their results before "
+                "sending them another"
+            )
+        full = sorted(
+            i for w in per_worker if len(self._pending.get(w, ())) >= depth for i in order[w]
+        )
+        if full:
+            holds = "a command still running" if depth == 1 else f"{depth} batches (queue_depth)"
+            raise RuntimeError(
+                f"envs {full} share a worker that holds {holds}: recv() a result before "
+                "sending more to that worker"
             )
         failed: dict[int, tuple[bool, Any]] = {}
-        deadline = None if self.step_timeout is None else time.monotonic() + self.step_timeout
         for w, batch in per_worker.items():
             try:
                 self._workers[w].send((cmd, batch))
             except (BrokenPipeError, OSError, EOFError):
                 self._replace(w, failed, order[w], "env worker died before the command was sent")
             else:
-                self._pending[w] = (order[w], deadline, cmd)
+                if w not in self._pending:
+                    self._pending[w] = deque()
+                    self._deadline[w] = self._deadline_from_now()
+                self._pending[w].append((order[w], cmd))
         return failed
+
+    def _deadline_from_now(self) -> float | None:
+        return None if self.step_timeout is None else time.monotonic() + self.step_timeout
 
     def _collect(
         self, workers: set[int] | None = None, timeout: float | None = None
@@ -299,29 +369,34 @@ class EnvPool:
         until = None if timeout is None else time.monotonic() + timeout
         while wanted:
             for w in list(wanted):
-                handle = self._workers[w]
-                order, deadline, cmd = self._pending[w]
-                if handle.ready():
-                    try:
-                        answer = handle.result()
-                    except (EOFError, OSError):
-                        self._replace(w, out, order, "env worker process died")
-                    else:
+                handle, batches = self._workers[w], self._pending[w]
+                while batches:  # every answer already there, oldest first
+                    order, cmd = batches[0]
+                    if handle.ready():
+                        try:
+                            answer = handle.result()
+                        except (EOFError, OSError):
+                            self._replace(w, out, self._queued_envs(w), "env worker process died")
+                            break
+                        batches.popleft()
                         out.update(zip(order, answer))
-                elif not handle.alive():
-                    self._replace(w, out, order, "env worker process died")
-                elif deadline is not None and time.monotonic() >= deadline:
-                    self._replace(
-                        w, out, order, f"env worker timed out after {self.step_timeout}s on {cmd!r}"
-                    )
-                else:
-                    continue
-                del self._pending[w]
-                wanted.discard(w)
+                        self._deadline[w] = self._deadline_from_now()  # the next batch's clock
+                        continue
+                    deadline = self._deadline[w]
+                    if not handle.alive():
+                        self._replace(w, out, self._queued_envs(w), "env worker process died")
+                    elif deadline is not None and time.monotonic() >= deadline:
+                        why = f"env worker timed out after {self.step_timeout}s on {cmd!r}"
+                        self._replace(w, out, self._queued_envs(w), why)
+                    break
+                if not self._pending.get(w):  # all answered, or the worker was replaced
+                    self._pending.pop(w, None)
+                    self._deadline.pop(w, None)
+                    wanted.discard(w)
             if not wanted or (any_one and out):
                 break
             now = time.monotonic()
-            limits = [d for w in wanted if (d := self._pending[w][1]) is not None]
+            limits = [d for w in wanted if (d := self._deadline[w]) is not None]
             if until is not None:
                 if now >= until:
                     break
@@ -337,8 +412,15 @@ class EnvPool:
         out.update(self._collect(workers))
         return out
 
+    def _queued_envs(self, w: int) -> list[int]:
+        return [i for envs, _ in self._pending.get(w, ()) for i in envs]
+
     def _replace(self, w: int, out: dict[int, tuple[bool, Any]], envs: list[int], why: str) -> None:
+        """Kill worker ``w`` and start a new one; ``envs`` (every env of the batches it held)
+        get ``why`` as their crash result."""
         self.crashes += 1
+        self._pending.pop(w, None)
+        self._deadline.pop(w, None)
         with contextlib.suppress(Exception):
             self._workers[w].kill(graceful=False)  # it is dead or hung: no goodbye
         for i in envs:
@@ -415,10 +497,10 @@ class EnvPool:
         """Start commands and return at once: ``{i: ("step", action)}`` or
         ``{i: ("reset", seed)}`` / ``{i: ("reset", (seed, options))}``, mixed freely.
 
-        Envs of one worker travel as one batch; a worker runs one batch at a time, so send to an
-        env again only after :meth:`recv` has returned its result. This is the envpool-style
-        asynchronous mode: each worker's envs go on at their own pace instead of the whole pool
-        waiting for its slowest worker every step.
+        Envs of one worker travel as one batch; a worker holds at most ``queue_depth`` batches
+        (running or queued), and an env takes its next command only after :meth:`recv` has
+        returned its result. This is the envpool-style asynchronous mode: each worker's envs go
+        on at their own pace instead of the whole pool waiting for its slowest worker every step.
         """
         items: dict[int, tuple[str, Any]] = {}
         for i, (cmd, arg) in requests.items():
@@ -428,7 +510,7 @@ class EnvPool:
                 items[i] = ("step", arg)
             else:
                 raise ValueError(f"unknown command {cmd!r} for env {i}: use 'step' or 'reset'")
-        failed = self._submit("mixed", items)
+        failed = self._submit("mixed", items, depth=self.queue_depth)
         self._kinds.update({i: cmd for i, (cmd, _) in items.items()})
         self._undelivered.update(failed)
 

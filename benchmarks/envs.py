@@ -183,16 +183,25 @@ def bench_pool_async(
     seed: int,
     env_kwargs: dict[str, Any],
     num_workers: int | None = None,
+    queue_depth: int = 1,
 ) -> dict[str, float]:
     """The same work through :meth:`EnvPool.send` / :meth:`EnvPool.recv`: each worker's envs are
     sent their next actions (or resets) as soon as that worker answers, so no worker waits for
-    another. Stops after ``num_envs * steps`` env steps, as the other loops do."""
+    another. Stops after ``num_envs * steps`` env steps, as the other loops do.
+
+    With ``queue_depth`` d > 1 the envs start as d interleaved groups sent one after another,
+    so each worker holds d batches: while it runs one, the caller answers another."""
     from agentgym.pool import EnvPool
 
     rng = random.Random(seed)
     target = num_envs * steps
     with EnvPool(
-        env_id, num_envs, backend="process", num_workers=num_workers, env_kwargs=env_kwargs
+        env_id,
+        num_envs,
+        backend="process",
+        num_workers=num_workers,
+        env_kwargs=env_kwargs,
+        queue_depth=queue_depth,
     ) as pool:
         t0 = time.perf_counter()
         obs = [o for o, _ in pool.reset([seed + i for i in range(num_envs)])]
@@ -200,7 +209,9 @@ def bench_pool_async(
         n = sent = 0
         busy0 = [w["busy_s"] for w in pool.worker_stats()]
         t0 = time.perf_counter()
-        pool.send({i: ("step", _choose(rng, obs[i])) for i in range(num_envs)})
+        first = {i: ("step", _choose(rng, obs[i])) for i in range(num_envs)}
+        for g in range(queue_depth):
+            pool.send({i: c for i, c in first.items() if i % queue_depth == g})
         sent = num_envs
         while pool.pending:
             nxt: dict[int, tuple[str, Any]] = {}
@@ -241,8 +252,8 @@ def _bracketed(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def _one_round(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, Any]:
-    # seq, lock-step pool, seq, [async pool, seq]: each pool run is compared with the mean of
-    # the sequential runs on either side of it.
+    # seq, lock-step pool, seq, [unqueued async pool, seq,] [async pool, seq, ceiling, seq]:
+    # each pool run is compared with the mean of the sequential runs on either side of it.
     seq_runs = [bench_sequential(args.env, args.num_envs, args.steps, args.seed, kwargs)]
     pool = bench_pool(
         args.env,
@@ -274,12 +285,34 @@ def _one_round(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, An
         **_split(pool, seq_step_ms, ""),
     }
     if pool["workers"] > 1 and args.backend in ("auto", "process") and not _is_fast(args.env):
+        if args.queue_depth > 1:
+            # the same asynchronous loop with one batch per worker: the queue's same-run baseline
+            a1 = bench_pool_async(
+                args.env, args.num_envs, args.steps, args.seed, kwargs, num_workers=args.num_workers
+            )
+            seq_runs.append(
+                bench_sequential(args.env, args.num_envs, args.steps, args.seed, kwargs)
+            )
+            seq = _bracketed(seq_runs[-2:])
+            out["async_unqueued_speedup_vs_sequential"] = round(
+                a1["steps_per_s"] / seq["steps_per_s"], 3
+            )
+            out["async_unqueued_own_overhead_ms_per_step"] = _split(
+                a1, 1e3 / seq["steps_per_s"], ""
+            )["own_overhead_ms_per_step"]
         a = bench_pool_async(
-            args.env, args.num_envs, args.steps, args.seed, kwargs, num_workers=args.num_workers
+            args.env,
+            args.num_envs,
+            args.steps,
+            args.seed,
+            kwargs,
+            num_workers=args.num_workers,
+            queue_depth=args.queue_depth,
         )
         seq_runs.append(bench_sequential(args.env, args.num_envs, args.steps, args.seed, kwargs))
-        seq = _bracketed(seq_runs[1:])
+        seq = _bracketed(seq_runs[-2:])
         seq_step_ms = 1e3 / seq["steps_per_s"]
+        out["async_queue_depth"] = args.queue_depth
         # With W workers the ideal is W x sequential; the rest is overhead per env step.
         ideal_s = a["steps"] * seq_step_ms / 1e3 / a["workers"]
         out["async_steps_per_s"] = round(a["steps_per_s"], 1)
@@ -294,7 +327,7 @@ def _one_round(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, An
             args.env, args.num_envs, args.steps, args.seed, kwargs, workers=a["workers"]
         )
         seq_runs.append(bench_sequential(args.env, args.num_envs, args.steps, args.seed, kwargs))
-        seq = _bracketed(seq_runs[2:])
+        seq = _bracketed(seq_runs[-2:])
         out["parallel_ceiling"] = round(c["steps_per_s"] / seq["steps_per_s"], 3)
         out["async_of_ceiling"] = round(
             out["async_speedup_vs_sequential"] / out["parallel_ceiling"], 3
@@ -345,6 +378,8 @@ def cmd_bench_envs(args: argparse.Namespace) -> int:
     kwargs = parse_kv(args.env_kwarg)
     if args.repeats < 1:
         raise SystemExit(f"--repeats {args.repeats}: use 1 or more")
+    if args.queue_depth < 1:
+        raise SystemExit(f"--queue-depth {args.queue_depth}: use 1 or more")
     # Warm up caches (generated games, indexes) outside the timed region.
     with agentgym.make(args.env, **kwargs) as e:
         e.reset(seed=args.seed)
@@ -362,6 +397,7 @@ def cmd_bench_envs(args: argparse.Namespace) -> int:
         for key in (
             "speedup_vs_sequential",
             "async_speedup_vs_sequential",
+            "async_unqueued_speedup_vs_sequential",
             "parallel_ceiling",
             "async_of_ceiling",
         ):
@@ -377,6 +413,7 @@ def cmd_bench_envs(args: argparse.Namespace) -> int:
             "async_overhead_ms_per_step",
             "own_overhead_ms_per_step",
             "async_own_overhead_ms_per_step",
+            "async_unqueued_own_overhead_ms_per_step",
             "parallel_slowdown",
             "async_parallel_slowdown",
             "worker_utilisation",
@@ -407,6 +444,13 @@ def add_cli(sub: Any, groups: dict[str, Any]) -> None:
         default="auto",
         choices=("auto", "process", "sync", "ray"),
         help="backend of the lock-step pool (auto: sync for fast envs, else process)",
+    )
+    p.add_argument(
+        "--queue-depth",
+        type=int,
+        default=2,
+        help="batches each worker holds in the asynchronous run (EnvPool queue_depth); above 1, "
+        "each round also runs the unqueued pool as its baseline",
     )
     p.add_argument("--repeats", type=int, default=1, help="rounds; ratios are reported per round")
     p.add_argument("--seed", type=int, default=0)

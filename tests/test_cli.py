@@ -121,6 +121,9 @@ def test_bench_envs_reports_ratio(corridor_id: str, capsys) -> None:
     assert d["sequential_drift"] >= 1.0
     # the machine's own ceiling for two processes, and the share of it the pool delivers
     assert 0 < d["parallel_ceiling"] < 2.5
+    # the queued asynchronous pool (the default) is measured against the unqueued one in the round
+    assert d["async_queue_depth"] == 2 and d["async_unqueued_speedup_vs_sequential"] > 0
+    assert d["async_unqueued_own_overhead_ms_per_step"] >= 0
     # the report rounds to 3 decimals, so the ratio of the rounded figures may differ by half a unit
     assert d["async_of_ceiling"] == pytest.approx(
         d["async_speedup_vs_sequential"] / d["parallel_ceiling"], rel=0.01, abs=6e-4

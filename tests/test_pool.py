@@ -189,7 +189,7 @@ def test_send_to_a_busy_worker_is_refused_and_recv_times_out(corridor_id: str) -
     ) as pool:
         pool.reset([0, 0])
         pool.send({0: ("step", "right")})
-        with pytest.raises(RuntimeError, match="share a worker with a command still running"):
+        with pytest.raises(RuntimeError, match="share a worker that holds a command still running"):
             pool.send({1: ("step", "right")})
         t0 = time.perf_counter()
         assert pool.recv(timeout=0.1) == {}
