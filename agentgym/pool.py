@@ -222,8 +222,7 @@ class EnvPool:
         start_method: multiprocessing start method (``"spawn"`` is safe with threads and torch).
         queue_depth: batches a worker may hold at once in asynchronous use (:meth:`send`): 1
             (default) runs one at a time; 2 lets a worker take its next batch the moment it
-            answers, hiding the round trip to the caller. ``"process"`` and ``"sync"`` backends.
-            A queued batch's ``step_timeout`` starts when the batch before it has answered.
+            answers, hiding the round trip to the caller. A queued batch's ``step_timeout`` starts when the batch before it has answered.
     """
 
     def __init__(
@@ -248,11 +247,6 @@ class EnvPool:
         self.backend = backend
         if queue_depth < 1:
             raise ValueError(f"queue_depth must be >= 1, got {queue_depth}")
-        if queue_depth > 1 and backend == "ray":
-            raise ValueError(
-                f"queue_depth={queue_depth} needs backend 'process' or 'sync': Ray workers run "
-                "one batch at a time (use queue_depth=1)"
-            )
         self.queue_depth = queue_depth
         self.env_kwargs = dict(env_kwargs or {})
         self.step_timeout = step_timeout

@@ -42,6 +42,7 @@ import contextlib
 import os
 import sys
 import threading
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -223,8 +224,8 @@ class RayWorker:
         self._dead = False
         self._rfd, self._wfd = os.pipe()
         self._lock = threading.Lock()
-        self._gen = 0
-        self._future: Any = None
+        # calls in flight, oldest first: the actor runs them one at a time in that order
+        self._futures: deque[Any] = deque()
         try:
             self.pid, self.node = ray.get(self.actor.ready.remote(), timeout=start_timeout)
         except ray.exceptions.GetTimeoutError:
@@ -242,28 +243,28 @@ class RayWorker:
     def send(self, batch: Batch) -> None:
         if self._dead:
             raise ActorDied(f"the Ray actor hosting {self.spec.id} envs is dead")
-        with self._lock:
-            self._gen += 1
-            gen = self._gen
         future = self.actor.run.remote(batch).future()
-        self._future = future
-        future.add_done_callback(lambda _f: self._notify(gen))
-
-    def _notify(self, gen: int) -> None:
-        # Runs on a Ray thread when the call finishes (or fails): wake the pool's wait().
         with self._lock:
-            if gen == self._gen and self._wfd >= 0:
+            self._futures.append(future)
+        future.add_done_callback(self._notify)
+
+    def _notify(self, future: Any) -> None:
+        # Runs on a Ray thread when a call finishes (or fails): wake the pool's wait(). A call
+        # whose result was already taken writes nothing, so no stale byte makes wait() spin.
+        with self._lock:
+            if self._wfd >= 0 and any(f is future for f in self._futures):
                 with contextlib.suppress(OSError):
                     os.write(self._wfd, b"x")
 
     def ready(self) -> bool:
-        return self._future is not None and self._future.done()
+        return bool(self._futures) and self._futures[0].done()
 
     def result(self) -> Answer:
-        future, self._future = self._future, None
-        if future is None:
-            raise RuntimeError("RayWorker.result() called with no command in flight")
-        self._drain()
+        with self._lock:
+            if not self._futures:
+                raise RuntimeError("RayWorker.result() called with no command in flight")
+            future = self._futures.popleft()
+            self._drain()  # a later call that is done already is seen by ready(), not wait()
         try:
             return future.result()
         except Exception as e:
@@ -282,7 +283,7 @@ class RayWorker:
         return not self._dead
 
     def wait_objects(self) -> list[Any]:
-        return [self._rfd] if self._rfd >= 0 and self._future is not None else []
+        return [self._rfd] if self._rfd >= 0 and self._futures else []
 
     def kill(self, graceful: bool = True) -> None:
         """End the actor; idempotent.
@@ -294,7 +295,7 @@ class RayWorker:
         """
         actor, self.actor = getattr(self, "actor", None), None
         if actor is not None and ray.is_initialized():
-            busy = self._future is not None and not self._future.done()
+            busy = any(not f.done() for f in self._futures)
             if graceful and not busy and not self._dead:
                 with contextlib.suppress(Exception):
                     ray.get(actor.close.remote(), timeout=5)

@@ -245,3 +245,111 @@ def test_worker_stats_count_the_time_spent_in_batches(corridor_id: str, backend:
     assert [a["batches"] - b["batches"] for a, b in zip(after, before)] == [1, 0]
     assert after[0]["busy_s"] - before[0]["busy_s"] >= 0.1
     assert after[1]["busy_s"] == before[1]["busy_s"]
+
+
+def _drain(pool: EnvPool) -> dict[int, object]:
+    got: dict[int, object] = {}
+    while pool.pending:
+        got.update(pool.recv(timeout=30))
+    return got
+
+
+@pytest.mark.parametrize("backend", ["process", "sync"])
+def test_a_queued_batch_runs_after_the_one_ahead_of_it(corridor_id: str, backend: str) -> None:
+    """queue_depth=2: a worker takes a second batch while it runs one; answers come back in the
+    order sent, equal to the blocking calls'; a third batch, or a second command to a running
+    env, is refused with the fix."""
+    with EnvPool(corridor_id, num_envs=4, num_workers=1, backend="sync") as ref:
+        ref.reset([0, 1, 2, 3])
+        expect = ref.step(["right", "left", "right", "dance"])
+    with EnvPool(
+        corridor_id,
+        num_envs=4,
+        num_workers=1,
+        backend=backend,
+        queue_depth=2,
+        env_kwargs={"slow_s": 0.2},
+    ) as pool:
+        pool.reset([0, 1, 2, 3])
+        pool.send({0: ("step", "right"), 1: ("step", "left")})
+        pool.send({2: ("step", "right"), 3: ("step", "dance")})  # queued behind the first
+        assert pool.pending == [0, 1, 2, 3]
+        with pytest.raises(RuntimeError, match=r"have a command still running.*recv\(\)"):
+            pool.send({0: ("step", "right")})
+        got = _drain(pool)
+        assert [got[i].observation.text for i in range(4)] == [s.observation.text for s in expect]
+        # the next round, as a queued loop runs it: two batches in, a third waits for an answer
+        pool.send({0: ("reset", 0), 1: ("reset", 1)})
+        pool.send({2: ("step", "right")})
+        with pytest.raises(RuntimeError, match=r"envs \[3\] share a worker that holds 2 batches"):
+            pool.send({3: ("step", "right")})
+        first = pool.recv(timeout=30)
+        # the oldest batch answers first; a worker in another process is still on the step
+        assert set(first) == ({0, 1} if backend == "process" else {0, 1, 2})
+        pool.send({3: ("step", "right")})
+        got = {**first, **_drain(pool)}
+        assert got[0][1]["task_id"] == "corridor-0" and got[2].observation.anchor == "len=4;pos=2"
+        assert got[3].observation.anchor == "len=5;pos=1"  # "dance" had not moved it
+        assert pool.crashes == 0
+    with pytest.raises(ValueError, match="queue_depth must be >= 1"):
+        EnvPool(corridor_id, num_envs=1, queue_depth=0)
+
+
+def test_a_crash_or_hang_ends_every_batch_the_worker_held(corridor_id: str) -> None:
+    """A worker that dies, or hangs past step_timeout, while holding a running and a queued
+    batch: both batches' envs come back crashed, the worker is replaced, the pool goes on."""
+    with EnvPool(corridor_id, num_envs=4, num_workers=1, backend="process", queue_depth=2) as pool:
+        pool.reset([0, 1, 2, 3])
+        pid = pool.worker_pids[0]
+        pool.send({0: ("step", "crash"), 1: ("step", "right")})
+        pool.send({2: ("step", "right"), 3: ("step", "right")})
+        got = _drain(pool)
+        assert sorted(got) == [0, 1, 2, 3]
+        assert all(got[i].info.get("crashed") and got[i].truncated for i in range(4))
+        assert pool.crashes == 1 and pool.worker_pids[0] != pid
+        pool.reset([0, 1, 2, 3])
+        assert pool.step(["right"] * 4)[3].info["valid"]
+    with EnvPool(
+        corridor_id,
+        num_envs=2,
+        num_workers=1,
+        backend="process",
+        queue_depth=2,
+        step_timeout=0.5,
+        env_kwargs={"slow_s": 8.0},
+    ) as pool:
+        pool.reset([0, 0])
+        t0 = time.perf_counter()
+        pool.send({0: ("step", "right")})
+        pool.send({1: ("step", "right")})
+        got = _drain(pool)
+        assert time.perf_counter() - t0 < 6.0
+        assert all(
+            got[i].info.get("crashed") and "timed out" in got[i].info["error"] for i in (0, 1)
+        )
+
+
+@pytest.mark.timeout(90, method="thread")  # a regression hangs for ever: end the run instead
+def test_queued_large_batches_and_answers_do_not_block_each_other(corridor_id: str) -> None:
+    """A queued batch of several MB goes in while the worker writes an answer of several MB:
+    neither pipe end may wait for the other (the worker reads its batches on its own thread)."""
+    big = "x" * (4 << 20)  # the corridor echoes an invalid action: a 4 MB observation
+    with EnvPool(
+        corridor_id,
+        num_envs=4,
+        num_workers=1,
+        backend="process",
+        queue_depth=2,
+        env_kwargs={"slow_s": 0.2},
+        step_timeout=60,
+    ) as pool:
+        pool.reset([0, 1, 2, 3])
+        t0 = time.perf_counter()
+        pool.send({0: ("step", big), 1: ("step", big)})
+        pool.send({2: ("step", big), 3: ("step", big)})
+        got = pool.recv(timeout=30)  # the first answer: 8 MB back
+        pool.send({i: ("step", big) for i in got})  # 8 MB in, while the second answer goes out
+        got.update(_drain(pool))
+        assert time.perf_counter() - t0 < 30
+        assert sorted(got) == [0, 1, 2, 3] and pool.crashes == 0
+        assert all(len(got[i].observation.text) > 4 << 20 for i in range(4))

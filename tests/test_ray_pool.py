@@ -196,6 +196,34 @@ def test_waiting_for_actors_does_not_spin(local_ray, corridor_id):
     assert cpu < 0.25 * wall, f"the driver burned {cpu:.2f}s CPU while waiting {wall:.2f}s"
 
 
+def test_queued_batches_on_actors_answer_in_order_without_spinning(local_ray, corridor_id):
+    """queue_depth=2 on Ray actors: the actor runs its two calls in the order sent; the driver
+    sleeps while it waits (a call whose result was taken leaves no wake-up behind)."""
+    with EnvPool(
+        corridor_id, 4, num_workers=1, backend="ray", queue_depth=2, env_kwargs={"slow_s": 0.6}
+    ) as pool:
+        pool.reset([0, 1, 2, 3])
+        cpu0, t0 = time.process_time(), time.monotonic()
+        pool.send({0: ("step", "right"), 1: ("step", "left")})
+        pool.send({2: ("step", "right"), 3: ("step", "dance")})
+        first = pool.recv(timeout=30)
+        assert set(first) == {0, 1}
+        pool.send({0: ("step", "right")})  # queued behind the batch of envs 2 and 3
+        got = {**first}
+        while pool.pending:
+            got.update(pool.recv(timeout=30))
+        wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
+        assert got[0].observation.anchor == "len=2;pos=2" and got[0].terminated
+        assert [got[i].observation.anchor for i in (1, 2, 3)] == [
+            "len=3;pos=0",
+            "len=4;pos=1",
+            "len=5;pos=0",
+        ]
+        assert pool.crashes == 0
+    assert wall >= 2.0  # five slow steps, two at a time
+    assert cpu < 0.25 * wall, f"the driver burned {cpu:.2f}s CPU while waiting {wall:.2f}s"
+
+
 def test_close_ends_every_actor_process(local_ray, corridor_id):
     pool = EnvPool(corridor_id, 4, num_workers=2, backend="ray")
     pids = pool.worker_pids
