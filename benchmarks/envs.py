@@ -228,8 +228,12 @@ def bench_pool_async(
                     nxt[i] = ("step", _choose(rng, obs[i]))
                     sent += 1
             nxt = {i: c for i, c in nxt.items() if c[0] == "step" or sent < target}
-            if nxt:
-                pool.send(nxt)
+            # by group, so two groups answered together stay two batches (a merged one would
+            # leave its worker with nothing queued from then on)
+            for g in range(queue_depth):
+                part = {i: c for i, c in nxt.items() if i % queue_depth == g}
+                if part:
+                    pool.send(part)
         dt = time.perf_counter() - t0
         busy = _busy_since(pool, busy0)
         workers = len(pool.worker_pids)
