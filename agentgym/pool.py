@@ -222,7 +222,8 @@ class EnvPool:
         start_method: multiprocessing start method (``"spawn"`` is safe with threads and torch).
         queue_depth: batches a worker may hold at once in asynchronous use (:meth:`send`): 1
             (default) runs one at a time; 2 lets a worker take its next batch the moment it
-            answers, hiding the round trip to the caller. A queued batch's ``step_timeout`` starts when the batch before it has answered.
+            answers, hiding the round trip to the caller. A queued batch's ``step_timeout``
+            starts when the batch ahead of it has answered.
     """
 
     def __init__(
@@ -341,7 +342,9 @@ class EnvPool:
             try:
                 self._workers[w].send((cmd, batch))
             except (BrokenPipeError, OSError, EOFError):
-                self._replace(w, failed, order[w], "env worker died before the command was sent")
+                # the batches it still held are lost with it: their envs come back crashed too
+                envs = self._queued_envs(w) + order[w]
+                self._replace(w, failed, envs, "env worker died before the command was sent")
             else:
                 if w not in self._pending:
                     self._pending[w] = deque()

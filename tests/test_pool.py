@@ -295,6 +295,7 @@ def test_a_queued_batch_runs_after_the_one_ahead_of_it(corridor_id: str, backend
         EnvPool(corridor_id, num_envs=1, queue_depth=0)
 
 
+@pytest.mark.timeout(120, method="thread")  # a lost batch would leave recv() waiting for ever
 def test_a_crash_or_hang_ends_every_batch_the_worker_held(corridor_id: str) -> None:
     """A worker that dies, or hangs past step_timeout, while holding a running and a queued
     batch: both batches' envs come back crashed, the worker is replaced, the pool goes on."""
@@ -309,6 +310,13 @@ def test_a_crash_or_hang_ends_every_batch_the_worker_held(corridor_id: str) -> N
         assert pool.crashes == 1 and pool.worker_pids[0] != pid
         pool.reset([0, 1, 2, 3])
         assert pool.step(["right"] * 4)[3].info["valid"]
+        # dead before a second batch could be queued: the batch it held ends with the new one
+        pool.send({0: ("step", "right")})
+        pool.crash_worker_of(0)
+        pool.send({1: ("step", "right")})
+        got = _drain(pool)
+        assert sorted(got) == [0, 1] and all(got[i].info.get("crashed") for i in (0, 1))
+        assert "before the command was sent" in got[0].info["error"] and pool.crashes == 2
     with EnvPool(
         corridor_id,
         num_envs=2,
