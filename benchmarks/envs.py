@@ -258,7 +258,26 @@ def _bracketed(runs: list[dict[str, float]]) -> dict[str, float]:
 def _one_round(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, Any]:
     # seq, lock-step pool, seq, [unqueued async pool, seq,] [async pool, seq, ceiling, seq]:
     # each pool run is compared with the mean of the sequential runs on either side of it.
-    seq_runs = [bench_sequential(args.env, args.num_envs, args.steps, args.seed, kwargs)]
+    def sequential() -> dict[str, float]:
+        return bench_sequential(args.env, args.num_envs, args.steps, args.seed, kwargs)
+
+    def baseline_after() -> dict[str, float]:
+        """A sequential run after the run just made; with the one before it, its baseline."""
+        seq_runs.append(sequential())
+        return _bracketed(seq_runs[-2:])
+
+    def asynchronous(depth: int) -> dict[str, float]:
+        return bench_pool_async(
+            args.env,
+            args.num_envs,
+            args.steps,
+            args.seed,
+            kwargs,
+            num_workers=args.num_workers,
+            queue_depth=depth,
+        )
+
+    seq_runs = [sequential()]
     pool = bench_pool(
         args.env,
         args.num_envs,
@@ -268,8 +287,7 @@ def _one_round(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, An
         backend=args.backend,
         num_workers=args.num_workers,
     )
-    seq_runs.append(bench_sequential(args.env, args.num_envs, args.steps, args.seed, kwargs))
-    seq = _bracketed(seq_runs)
+    seq = baseline_after()
     seq_step_ms = 1e3 / seq["steps_per_s"]
     # Per batched step, the ideal pool time is the envs' compute spread over the workers; what
     # remains is the pool's own cost (pickling, pipes, scheduling, waiting for the slowest
@@ -291,30 +309,16 @@ def _one_round(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, An
     if pool["workers"] > 1 and args.backend in ("auto", "process") and not _is_fast(args.env):
         if args.queue_depth > 1:
             # the same asynchronous loop with one batch per worker: the queue's same-run baseline
-            a1 = bench_pool_async(
-                args.env, args.num_envs, args.steps, args.seed, kwargs, num_workers=args.num_workers
-            )
-            seq_runs.append(
-                bench_sequential(args.env, args.num_envs, args.steps, args.seed, kwargs)
-            )
-            seq = _bracketed(seq_runs[-2:])
+            a1 = asynchronous(1)
+            seq = baseline_after()
             out["async_unqueued_speedup_vs_sequential"] = round(
                 a1["steps_per_s"] / seq["steps_per_s"], 3
             )
             out["async_unqueued_own_overhead_ms_per_step"] = _split(
                 a1, 1e3 / seq["steps_per_s"], ""
             )["own_overhead_ms_per_step"]
-        a = bench_pool_async(
-            args.env,
-            args.num_envs,
-            args.steps,
-            args.seed,
-            kwargs,
-            num_workers=args.num_workers,
-            queue_depth=args.queue_depth,
-        )
-        seq_runs.append(bench_sequential(args.env, args.num_envs, args.steps, args.seed, kwargs))
-        seq = _bracketed(seq_runs[-2:])
+        a = asynchronous(args.queue_depth)
+        seq = baseline_after()
         seq_step_ms = 1e3 / seq["steps_per_s"]
         out["async_queue_depth"] = args.queue_depth
         # With W workers the ideal is W x sequential; the rest is overhead per env step.
@@ -330,8 +334,7 @@ def _one_round(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, An
         c = bench_ceiling(
             args.env, args.num_envs, args.steps, args.seed, kwargs, workers=a["workers"]
         )
-        seq_runs.append(bench_sequential(args.env, args.num_envs, args.steps, args.seed, kwargs))
-        seq = _bracketed(seq_runs[-2:])
+        seq = baseline_after()
         out["parallel_ceiling"] = round(c["steps_per_s"] / seq["steps_per_s"], 3)
         out["async_of_ceiling"] = round(
             out["async_speedup_vs_sequential"] / out["parallel_ceiling"], 3
