@@ -209,9 +209,15 @@ def bench_pool_async(
         n = sent = 0
         busy0 = [w["busy_s"] for w in pool.worker_stats()]
         t0 = time.perf_counter()
-        first = {i: ("step", _choose(rng, obs[i])) for i in range(num_envs)}
-        for g in range(queue_depth):
-            pool.send({i: c for i, c in first.items() if i % queue_depth == g})
+
+        def send_by_group(commands: dict[int, tuple[str, Any]]) -> None:
+            # one batch per group, so groups answered together stay apart (a merged batch would
+            # leave its worker with nothing queued from then on)
+            for g in range(queue_depth):
+                if part := {i: c for i, c in commands.items() if i % queue_depth == g}:
+                    pool.send(part)
+
+        send_by_group({i: ("step", _choose(rng, obs[i])) for i in range(num_envs)})
         sent = num_envs
         while pool.pending:
             nxt: dict[int, tuple[str, Any]] = {}
@@ -228,12 +234,7 @@ def bench_pool_async(
                     nxt[i] = ("step", _choose(rng, obs[i]))
                     sent += 1
             nxt = {i: c for i, c in nxt.items() if c[0] == "step" or sent < target}
-            # by group, so two groups answered together stay two batches (a merged one would
-            # leave its worker with nothing queued from then on)
-            for g in range(queue_depth):
-                part = {i: c for i, c in nxt.items() if i % queue_depth == g}
-                if part:
-                    pool.send(part)
+            send_by_group(nxt)
         dt = time.perf_counter() - t0
         busy = _busy_since(pool, busy0)
         workers = len(pool.worker_pids)
